@@ -1,0 +1,28 @@
+# Fresh machine: `make test` creates .venv (torch 2.13.0 CPU wheel, no CUDA packages) and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test train simclr clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the pinned CPU wheel first, so that nothing later resolves "torch" to the CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[train,test]"
+	@$(PY) -m pip list 2>/dev/null | grep -i '^nvidia' && { echo "CUDA packages were pulled in"; exit 1; } || true
+
+setup: $(PY)
+
+test: setup
+	$(PY) -m pytest -q
+
+simclr: setup
+	$(PY) -m model_export.simclr --resume
+
+train: setup
+	$(PY) -m model_export.train --config configs/default.yaml --resume
+
+clean:
+	rm -rf $(VENV) .pytest_cache

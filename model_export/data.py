@@ -1,0 +1,103 @@
+"""Training data: decode every image once into memory as uint8, then sample random crops from it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["ImageSet", "load_image", "CropSampler", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 array (H, W, 3)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+@dataclass
+class ImageSet:
+    """Images of one folder, sorted by name, with a checksum of the file bytes."""
+
+    names: list[str]
+    images: list[np.ndarray]
+    sha256: str
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, limit: int | None = None) -> "ImageSet":
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"image folder not found: {directory}")
+        paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if limit:
+            paths = paths[:limit]
+        if not paths:
+            raise FileNotFoundError(f"no images in {directory}")
+        digest = hashlib.sha256()
+        for path in paths:
+            digest.update(path.name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return cls([p.name for p in paths], [load_image(p) for p in paths], digest.hexdigest())
+
+    @property
+    def pixels(self) -> int:
+        return sum(image.shape[0] * image.shape[1] for image in self.images)
+
+
+class CropSampler:
+    """Random crops with flips; images whose short side is ≥ ``downscale_min_side`` are first downscaled
+    by a random factor in [min_downscale, 1] (cropping the source region and resizing it, which is cheaper).
+    Images smaller than the crop are upscaled to fit."""
+
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        crop: int,
+        min_downscale: float = 0.5,
+        downscale_min_side: int = 800,
+        seed: int = 0,
+    ):
+        self.images = images
+        self.crop = crop
+        self.min_downscale = min_downscale
+        self.downscale_min_side = downscale_min_side
+        self.rng = np.random.default_rng(seed)
+        areas = np.array([im.shape[0] * im.shape[1] for im in images], dtype=np.float64)
+        self.weights = areas / areas.sum()  # sample images in proportion to their area
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def sample_crop(self) -> np.ndarray:
+        image = self.images[self.rng.choice(len(self.images), p=self.weights)]
+        h, w = image.shape[:2]
+        scale = 1.0
+        if min(h, w) >= self.downscale_min_side:
+            scale = float(self.rng.uniform(self.min_downscale, 1.0))
+        source = int(round(self.crop / scale))
+        if source > min(h, w):
+            source = min(h, w)
+        top = int(self.rng.integers(0, h - source + 1))
+        left = int(self.rng.integers(0, w - source + 1))
+        region = image[top : top + source, left : left + source]
+        if source != self.crop:
+            region = np.asarray(Image.fromarray(region).resize((self.crop, self.crop), Image.BICUBIC))
+        if self.rng.random() < 0.5:
+            region = region[:, ::-1]
+        if self.rng.random() < 0.5:
+            region = region[::-1]
+        return region
+
+    def batch(self, size: int) -> torch.Tensor:
+        """(size, 3, crop, crop) float32 in [0, 1]."""
+        crops = np.stack([self.sample_crop() for _ in range(size)])
+        return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)

@@ -1,0 +1,129 @@
+"""One synthesis decoder whose level paths share weights (paper section 2.1.3).
+
+Parameters, with D decoder channels and L levels:
+- ``entry[i]``: 3×3 conv, latent channels of level i → D, at level i's resolution (level i's own);
+- ``up[j]``: 5×5 transposed conv ×2 + IGDN, H/2^(3+j+1) → H/2^(3+j) (j = 0 … L−2), shared by every level
+  coarser than the resolution it starts from;
+- ``refine[i]``: a residual block at H/8, level i's own refinement, also applied by every finer level;
+- ``trunk``: H/8 → H (transposed convs + IGDN to H/4 at D and H/2 at D/2 channels, optional attention,
+  last transposed conv to RGB), shared
+  by all levels.
+
+Level i's path: entry[i] → up[L−i−1] … up[0] → refine[1] … refine[i] → trunk. So the decoder of level i uses
+all of level i−1's trunk and refinement parameters plus its own entry and refinement block; every level's
+path is a module of its own (``DecoderPath``) and exports on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .attention import SelfAttention
+from .gdn import IGDN
+
+__all__ = ["SharedDecoder", "DecoderPath", "ResidualBlock"]
+
+
+def _upsample(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(in_channels, out_channels, 5, stride=2, padding=2, output_padding=1)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv3×3(LeakyReLU(conv3×3(x)))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class Trunk(nn.Module):
+    """H/8 → H: ×2 up + IGDN (D), ×2 up + IGDN (D/2), [attention], ×2 up to 3 channels."""
+
+    def __init__(self, channels: int, attention: SelfAttention | None):
+        super().__init__()
+        fine = self.fine_channels(channels)
+        self.up1 = nn.Sequential(_upsample(channels, channels), IGDN(channels))
+        self.up2 = nn.Sequential(_upsample(channels, fine), IGDN(fine))
+        self.attention = attention
+        self.to_rgb = _upsample(fine, 3)
+
+    @staticmethod
+    def fine_channels(channels: int) -> int:
+        """Channels at H/2: half the decoder width, which halves the cost of the two costliest layers."""
+        return max(channels // 2, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.up2(self.up1(x))
+        if self.attention is not None:
+            x = self.attention(x)
+        return self.to_rgb(x)
+
+
+class SharedDecoder(nn.Module):
+    """Holds every parameter of every level path; ``forward(y, level)`` decodes one level (1-based)."""
+
+    def __init__(
+        self,
+        latent_channels: Sequence[int],
+        channels: int = 128,
+        attention: bool = False,
+        attention_window: int = 16,
+        attention_pool: int = 2,
+    ):
+        super().__init__()
+        self.levels = len(latent_channels)
+        self.entry = nn.ModuleList(nn.Conv2d(m, channels, 3, padding=1) for m in latent_channels)
+        self.up = nn.ModuleList(
+            nn.Sequential(_upsample(channels, channels), IGDN(channels)) for _ in range(self.levels - 1)
+        )
+        self.refine = nn.ModuleList(ResidualBlock(channels) for _ in range(self.levels))
+        attn = None
+        if attention:
+            attn = SelfAttention(Trunk.fine_channels(channels), attention_window, attention_pool)
+        self.trunk = Trunk(channels, attn)
+
+    def forward(self, y: Tensor, level: int) -> Tensor:
+        if not 1 <= level <= self.levels:
+            raise ValueError(f"level must be in 1..{self.levels}, got {level}")
+        x = self.entry[level - 1](y)
+        for j in reversed(range(self.levels - level)):
+            x = self.up[j](x)
+        for i in range(level):
+            x = self.refine[i](x)
+        return self.trunk(x)
+
+    def path(self, level: int) -> "DecoderPath":
+        return DecoderPath(self, level)
+
+    def path_parameters(self, level: int) -> list[nn.Parameter]:
+        """The parameters level ``level``'s path uses (for tests and docs)."""
+        modules: list[nn.Module] = [self.entry[level - 1], self.trunk]
+        modules += [self.up[j] for j in range(self.levels - level)]
+        modules += [self.refine[i] for i in range(level)]
+        return [p for m in modules for p in m.parameters()]
+
+
+class DecoderPath(nn.Module):
+    """One level's decoder as a stand-alone module (ŷ_i → x̂_i), sharing the decoder's parameters."""
+
+    def __init__(self, decoder: SharedDecoder, level: int):
+        super().__init__()
+        self.decoder = decoder
+        self.level = int(level)
+
+    def forward(self, y_hat: Tensor) -> Tensor:
+        return self.decoder(y_hat, self.level)
+
+
+def count_parameters(parameters: Sequence[torch.nn.Parameter]) -> int:
+    return sum(p.numel() for p in parameters)

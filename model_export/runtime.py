@@ -1,0 +1,47 @@
+"""Process setup shared by the training entry points: a fast allocator, thread count and device choice."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = ["ensure_fast_malloc", "select_device", "set_threads"]
+
+_JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
+_GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
+_MARKER = "SSLIC_MALLOC_CONFIGURED"
+
+
+def ensure_fast_malloc(module: str) -> None:
+    """Re-execute ``python -m module`` once with jemalloc (or glibc tunables) so big training buffers are
+    reused instead of being page-faulted on every step (1.5–2× faster on our VMs)."""
+    if os.environ.get(_MARKER) or os.environ.get("SSLIC_NO_REEXEC"):
+        return
+    env = dict(os.environ)
+    env[_MARKER] = "1"
+    jemalloc = next((p for p in _JEMALLOC_PATHS if Path(p).exists()), None)
+    if jemalloc:
+        env["LD_PRELOAD"] = ":".join(filter(None, [env.get("LD_PRELOAD"), jemalloc]))
+        env.setdefault("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
+    else:
+        env.setdefault("GLIBC_TUNABLES", _GLIBC_TUNABLES)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available")
+    return device
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

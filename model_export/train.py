@@ -1,0 +1,282 @@
+"""Train the sslic codec.
+
+    python -m model_export.train --config configs/default.yaml [--resume] [--max-minutes M]
+
+Everything about a run lives in its config (configs/). A run folder ``runs/<name>/`` holds ``last.pt``
+(resumable state, written every ``checkpoint_every`` steps), ``best.pt`` (best validation loss so far),
+``train.log`` and ``val.jsonl``. ``--export PATH`` writes the best weights as a codec checkpoint with a JSON
+summary (what the export step reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .backbone import ResNet50Group1, load_simclr_backbone
+from .checkpoint import save_codec_checkpoint
+from .config import ExperimentConfig, load_config
+from .data import CropSampler, ImageSet
+from .losses import RateDistortionLoss, psnr_from_mse
+from .model import SSLIC
+from .perceptual import BackboneFeatures, PerceptualLoss, load_vgg19_features
+from .runtime import ensure_fast_malloc, select_device, set_threads
+from .validation import evaluate_images
+
+__all__ = ["Trainer", "learning_rate", "main"]
+
+
+def learning_rate(schedule: list[list[float]], progress: float) -> float:
+    """Piecewise-constant schedule: the last [fraction, lr] pair whose fraction ≤ progress."""
+    lr = schedule[0][1]
+    for fraction, value in schedule:
+        if progress >= fraction:
+            lr = value
+    return lr
+
+
+class Trainer:
+    def __init__(self, config: ExperimentConfig, run_dir: Path, device: torch.device, quiet: bool = False):
+        self.config = config
+        self.run_dir = run_dir
+        self.device = device
+        self.quiet = quiet
+        train = config.train
+        torch.manual_seed(train.seed)
+        self.model = SSLIC(config.model).to(device)
+        self.perceptual = self._perceptual().to(device) if any(config.loss.beta) else None
+        self.criterion = RateDistortionLoss(config.loss, self.perceptual)
+        main_params = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.endswith("quantiles")]
+        aux_params = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
+        self.optimizer = torch.optim.Adam(main_params, lr=train.lr)
+        self.aux_optimizer = torch.optim.Adam(aux_params, lr=train.aux_lr)
+        self.train_set = ImageSet.from_dir(train.data_dir)
+        self.val_set = ImageSet.from_dir(train.val_dir)
+        self.sampler = CropSampler(
+            self.train_set.images, train.crop, train.min_downscale, train.downscale_min_side, seed=train.seed
+        )
+        self.step = 0
+        self.elapsed = 0.0
+        self.best_val_loss = math.inf
+        self.best_step = 0
+        self.val_history: list[dict[str, Any]] = []
+
+    def _perceptual(self) -> PerceptualLoss:
+        loss = self.config.loss
+        if loss.perceptual == "vgg19":
+            if not loss.vgg19_weights:
+                raise SystemExit("loss.perceptual = vgg19 needs loss.vgg19_weights (or --vgg19-weights PATH)")
+            return PerceptualLoss(load_vgg19_features(loss.vgg19_weights))
+        if self.config.model.backbone_checkpoint:
+            backbone = load_simclr_backbone(self.config.model.backbone_checkpoint)
+        else:
+            backbone = ResNet50Group1()
+        return PerceptualLoss(BackboneFeatures(backbone))
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "sampler": self.sampler.state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "val_history": self.val_history,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.sampler.load_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+        self.elapsed = state["elapsed"]
+        self.best_val_loss = state["best_val_loss"]
+        self.best_step = state["best_step"]
+        self.val_history = state["val_history"]
+
+    def save(self, name: str) -> None:
+        path = self.run_dir / name
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+
+    # -- loop ----------------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        with open(self.run_dir / "train.log", "a") as handle:
+            handle.write(message + "\n")
+
+    def validate(self) -> dict[str, Any]:
+        result = evaluate_images(self.model, self.val_set.images, self.device)
+        loss = self.config.loss
+        val_loss = sum(
+            a * (10 ** (-p / 10)) + g * b for a, g, p, b in zip(loss.alpha, loss.gamma, result["psnr"], result["bpp"])
+        )
+        record = {"step": self.step, "elapsed_s": round(self.elapsed, 1), "val_loss": round(val_loss, 5), **result}
+        self.val_history.append(record)
+        with open(self.run_dir / "val.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if val_loss < self.best_val_loss:
+            self.best_val_loss = val_loss
+            self.best_step = self.step
+            self.save("best.pt")
+        self.log(f"val step {self.step}: " + json.dumps(record))
+        return record
+
+    def train_step(self) -> tuple[float, list]:
+        x = self.sampler.batch(self.config.train.batch_size).to(self.device)
+        output = self.model(x)
+        loss, terms = self.criterion(x, output)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.config.train.grad_clip
+            )
+        self.optimizer.step()
+        aux = self.model.aux_loss()
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux.backward()
+        self.aux_optimizer.step()
+        return float(loss.detach()), terms
+
+    def run(self, max_minutes: float | None = None, max_steps: int | None = None) -> None:
+        train = self.config.train
+        total = train.steps
+        stop_at = min(total, self.step + max_steps) if max_steps else total
+        deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+        self.model.train()
+        bar = tqdm(total=total, initial=self.step, desc=self.config.name, dynamic_ncols=True, disable=self.quiet)
+        ema: dict[str, float] = {}
+        last = time.monotonic()
+        while self.step < stop_at:
+            lr = learning_rate(train.lr_schedule, self.step / total)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, terms = self.train_step()
+            self.step += 1
+            now = time.monotonic()
+            self.elapsed += now - last
+            last = now
+            values = {"loss": loss}
+            for level, term in enumerate(terms, start=1):
+                values[f"bpp{level}"] = float(term.bpp)
+                values[f"mse{level}"] = float(term.mse)
+                values[f"p{level}"] = float(term.perceptual)
+            for key, value in values.items():
+                ema[key] = value if key not in ema else 0.98 * ema[key] + 0.02 * value
+            bar.update(1)
+            levels = range(1, len(terms) + 1)
+            postfix = f"loss {ema['loss']:.3f} | " + " ".join(
+                f"L{i} {ema[f'bpp{i}']:.3f}b {psnr_from_mse(ema[f'mse{i}']):.1f}dB" for i in levels
+            )
+            bar.set_postfix_str(postfix)
+            if self.step % train.log_every == 0:
+                perceptual = " ".join(f"{ema[f'p{i}']:.4f}" for i in levels)
+                self.log(f"step {self.step} lr {lr:.2e} elapsed {self.elapsed:.0f}s {postfix} | P {perceptual}")
+            if self.step % train.eval_every == 0 or self.step == total:
+                self.validate()
+                last = time.monotonic()
+            if self.step % train.checkpoint_every == 0:
+                self.save("last.pt")
+            if deadline and time.monotonic() > deadline:
+                self.log(f"stopping at step {self.step}: --max-minutes reached")
+                break
+        bar.close()
+        self.save("last.pt")
+
+    def summary(self, state: dict[str, Any]) -> dict[str, Any]:
+        best = next((r for r in state["val_history"] if r["step"] == state["step"]), None)
+        return {
+            "name": self.config.name,
+            "step": state["step"],
+            "train_seconds": round(state["elapsed"], 1),
+            "device": str(self.device),
+            "cpu": platform.processor() or platform.machine(),
+            "torch": str(torch.__version__),
+            "train_data": {"dir": self.config.train.data_dir, "images": len(self.train_set.names),
+                           "sha256": self.train_set.sha256},
+            "val_data": {"dir": self.config.train.val_dir, "images": len(self.val_set.names),
+                         "sha256": self.val_set.sha256},
+            "val": best,
+            "val_history": state["val_history"],
+            "config": self.config.to_dict(),
+        }
+
+    def export(self, path: Path, half: bool) -> Path:
+        """Write the best weights as a codec checkpoint; its summary's ``val`` is measured on exactly the
+        stored weights (after fp16 rounding when ``half``)."""
+        source = self.run_dir / "best.pt"
+        if not source.is_file():
+            source = self.run_dir / "last.pt"
+        state = torch.load(source, map_location="cpu", weights_only=False)
+        model = SSLIC(self.config.model, load_backbone_weights=False)
+        weights = state["model"]
+        if half:
+            weights = {k: v.half().float() if v.is_floating_point() else v for k, v in weights.items()}
+        model.load_state_dict(weights)
+        summary = self.summary(state)
+        summary["val_during_training"] = summary["val"]
+        summary["val"] = {"step": state["step"], **evaluate_images(model, self.val_set.images)}
+        summary["weights_dtype"] = "float16" if half else "float32"
+        return save_codec_checkpoint(path, model, self.config, summary, half=half)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train the sslic codec.")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    parser.add_argument("--max-minutes", type=float, default=None)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto (overrides train.device)")
+    parser.add_argument("--vgg19-weights", default=None, help="torchvision VGG-19 state dict for the perceptual term")
+    parser.add_argument("--export", default=None, help="write the best weights as a codec checkpoint here")
+    parser.add_argument("--half", action="store_true", help="store the exported weights as fp16")
+    parser.add_argument("--quiet", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        ensure_fast_malloc("model_export.train")
+    args = parse_args(argv)
+    config = load_config(args.config)
+    if args.vgg19_weights:
+        config.loss.vgg19_weights = args.vgg19_weights
+        config.loss.perceptual = "vgg19"
+    set_threads(config.train.threads)
+    device = select_device(args.device or config.train.device)
+    run_dir = Path(args.run_dir or Path("runs") / config.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, run_dir, device, quiet=args.quiet)
+    last = run_dir / "last.pt"
+    if args.resume and last.is_file():
+        trainer.load_state(torch.load(last, map_location=device, weights_only=False))
+        trainer.log(f"resumed at step {trainer.step}")
+    elif not args.resume:
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    trainer.run(max_minutes=args.max_minutes, max_steps=args.max_steps)
+    if args.export:
+        path = trainer.export(Path(args.export), half=args.half)
+        print(f"exported {path}")
+    print(json.dumps({"step": trainer.step, "best_step": trainer.best_step, "best_val_loss": trainer.best_val_loss}))
+
+
+if __name__ == "__main__":
+    main()

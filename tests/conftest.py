@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny model, small real images cut from the training set, repository paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model_export.config import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    values = dict(
+        backbone="simclr",
+        backbone_checkpoint=None,
+        attention="encoder",
+        attention_window=4,
+        attention_pool=2,
+        pyramid_channels=16,
+        latent_channels=[8, 8, 8],
+        decoder_channels=16,
+    )
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def train_images_dir() -> Path:
+    path = SHARED_DATA / "train"
+    if not path.is_dir():
+        pytest.skip(f"{path} not found (the shared data folder must sit beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_image_dir(tmp_path_factory, train_images_dir) -> Path:
+    """Six 160×160 crops of real training photos (written to a temporary folder, never into the repo)."""
+    out = tmp_path_factory.mktemp("small_images")
+    paths = sorted(train_images_dir.glob("*.png"))[::30][:6]
+    for index, path in enumerate(paths):
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            w, h = image.size
+            crop = image.crop((w // 2 - 80, h // 2 - 80, w // 2 + 80, h // 2 + 80))
+            crop.save(out / f"img{index}.png")
+    return out
+
+
+def as_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from model_export.config import ConfigError, ExperimentConfig, ModelConfig
+from model_export.model import SSLIC, pad_to_multiple
+
+from .conftest import tiny_model_config
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (37, 53), (64, 64), (65, 130), (101, 33)])
+def test_reconstruction_keeps_odd_sizes(height, width):
+    model = SSLIC(tiny_model_config()).eval()
+    x = torch.rand(1, 3, height, width)
+    x_hat, bpp = model.reconstruct(x, level=2)
+    assert x_hat.shape == x.shape
+    assert bpp > 0
+    assert torch.all((x_hat >= 0) & (x_hat <= 1))
+
+
+@pytest.mark.parametrize("attention", ["none", "encoder", "decoder", "both"])
+def test_latent_shapes_follow_the_pyramid(attention):
+    model = SSLIC(tiny_model_config(attention=attention)).eval()
+    x = pad_to_multiple(torch.rand(2, 3, 37, 53), model.padding_multiple)
+    assert x.shape[-2] % model.padding_multiple == 0 and x.shape[-1] % model.padding_multiple == 0
+    out = model(x)
+    strides = model.level_strides()
+    assert strides == sorted(strides, reverse=True)  # level 1 is the coarsest
+    for level, (y, x_hat, lik) in enumerate(zip(out["y"], out["x_hat"], out["likelihoods"]), start=1):
+        assert y.shape == (2, 8, x.shape[-2] // strides[level - 1], x.shape[-1] // strides[level - 1])
+        assert lik.shape == y.shape
+        assert x_hat.shape == x.shape
+
+
+def test_default_model_has_four_levels_from_h8_to_h64():
+    model = SSLIC(ModelConfig())
+    assert model.levels == 4
+    assert model.level_strides() == [64, 32, 16, 8]
+    assert model.padding_multiple == 64
+
+
+def test_encoder_attention_is_placed_by_config():
+    assert SSLIC(tiny_model_config(attention="none")).encoder.attention is None
+    assert SSLIC(tiny_model_config(attention="encoder")).decoder.trunk.attention is None
+    both = SSLIC(tiny_model_config(attention="both"))
+    assert both.encoder.attention is not None and both.decoder.trunk.attention is not None
+
+
+def test_decoder_paths_share_parameters():
+    decoder = SSLIC(tiny_model_config(latent_channels=[8, 8, 8, 8])).decoder
+    for level in range(2, 5):
+        finer = {id(p) for p in decoder.path_parameters(level)}
+        coarser = decoder.path_parameters(level - 1)
+        own_entry = {id(p) for p in decoder.entry[level - 2].parameters()}
+        own_up = {id(p) for p in decoder.up[decoder.levels - level].parameters()}
+        shared = [p for p in coarser if id(p) not in own_entry | own_up]
+        assert shared and all(id(p) in finer for p in shared)  # level i reuses level i-1's shared weights
+        assert {id(p) for p in decoder.refine[level - 1].parameters()} <= finer  # plus its own block
+        assert not {id(p) for p in decoder.refine[level - 1].parameters()} & {id(p) for p in coarser}
+
+
+def test_each_decoder_path_runs_on_its_own():
+    model = SSLIC(tiny_model_config()).eval()
+    x = torch.rand(1, 3, 64, 64)
+    latents = model.encoder(x)
+    for level in range(1, model.levels + 1):
+        path = model.decoder.path(level)
+        torch.testing.assert_close(path(latents[level - 1]), model.decoder(latents[level - 1], level))
+
+
+def test_frozen_backbone_gets_no_gradient_but_baseline_stem_does():
+    model = SSLIC(tiny_model_config())
+    out = model(torch.rand(2, 3, 64, 64))
+    sum(o.mean() for o in out["x_hat"]).backward()
+    assert all(p.grad is None for p in model.encoder.backbone.parameters())
+    assert model.encoder.pyramid.down[0][0].weight.grad is not None
+    baseline = SSLIC(tiny_model_config(backbone="learned"))
+    out = baseline(torch.rand(2, 3, 64, 64))
+    sum(o.mean() for o in out["x_hat"]).backward()
+    assert all(p.grad is not None for p in baseline.encoder.backbone.parameters())
+
+
+def test_config_rejects_bad_weights_and_placements():
+    base = {"model": {"latent_channels": [8, 8]}}
+    with pytest.raises(ConfigError, match="alpha must increase"):
+        ExperimentConfig.from_dict({**base, "loss": {"alpha": [2, 1], "beta": [0, 0], "gamma": [1, 0.5]}})
+    with pytest.raises(ConfigError, match="gamma must decrease"):
+        ExperimentConfig.from_dict({**base, "loss": {"alpha": [1, 2], "beta": [0, 0], "gamma": [0.5, 1]}})
+    with pytest.raises(ConfigError, match="beta must increase"):
+        ExperimentConfig.from_dict({**base, "loss": {"alpha": [1, 2], "beta": [2, 1], "gamma": [1, 0.5]}})
+    with pytest.raises(ConfigError, match="one per level"):
+        ExperimentConfig.from_dict({**base, "loss": {"alpha": [1, 2, 3], "beta": [0, 0], "gamma": [1, 0.5]}})
+    with pytest.raises(ConfigError, match="attention"):
+        ExperimentConfig.from_dict({"model": {"attention": "everywhere"}})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ExperimentConfig.from_dict({"train": {"learning_rate": 1}})

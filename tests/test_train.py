@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+
+from model_export.checkpoint import load_codec_checkpoint
+from model_export.config import ExperimentConfig
+from model_export.train import Trainer, learning_rate, main
+
+
+def _config(data_dir, steps=4, **loss):
+    return ExperimentConfig.from_dict({
+        "name": "smoke",
+        "model": {"backbone_checkpoint": None, "attention_window": 4, "pyramid_channels": 16,
+                  "latent_channels": [8, 8, 8], "decoder_channels": 16},
+        "loss": {"alpha": [100.0, 300.0, 900.0], "beta": [0.1, 0.2, 0.4], "gamma": [1.0, 0.9, 0.8], **loss},
+        "train": {"data_dir": str(data_dir), "val_dir": str(data_dir), "crop": 64, "batch_size": 2,
+                  "steps": steps, "log_every": 1, "eval_every": 2, "checkpoint_every": 1, "lr": 1e-3,
+                  "lr_schedule": [[0.0, 1e-3], [0.5, 5e-4]]},
+    })
+
+
+def test_learning_rate_schedule():
+    schedule = [[0.0, 1e-3], [0.5, 5e-4], [0.9, 1e-4]]
+    assert learning_rate(schedule, 0.0) == 1e-3
+    assert learning_rate(schedule, 0.6) == 5e-4
+    assert learning_rate(schedule, 0.95) == 1e-4
+
+
+def test_training_runs_resumes_and_exports(tmp_path, small_image_dir):
+    config = _config(small_image_dir, steps=4)
+    trainer = Trainer(config, tmp_path, torch.device("cpu"), quiet=True)
+    trainer.run(max_steps=2)
+    assert trainer.step == 2
+    log = (tmp_path / "train.log").read_text()
+    assert "L1" in log and "dB" in log and "P " in log
+    weights_after_two = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    resumed = Trainer(_config(small_image_dir, steps=4), tmp_path, torch.device("cpu"), quiet=True)
+    resumed.load_state(torch.load(tmp_path / "last.pt", weights_only=False))
+    assert resumed.step == 2
+    for key, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, weights_after_two[key])
+    resumed.run()
+    assert resumed.step == 4
+    records = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(len(r["bpp"]) == 3 and len(r["psnr"]) == 3 for r in records)
+
+    path = resumed.export(tmp_path / "codec.pt", half=True)
+    model, loaded_config, summary = load_codec_checkpoint(path)
+    assert loaded_config.model.latent_channels == [8, 8, 8]
+    assert summary["step"] in (2, 4) and summary["val"]["bpp"]
+    assert summary["train_data"]["sha256"] and summary["val_data"]["images"] == 6
+    assert json.loads(path.with_suffix(".json").read_text())["name"] == "smoke"
+    x = torch.rand(1, 3, 40, 50)
+    x_hat, _ = model.reconstruct(x, 3)
+    assert x_hat.shape == x.shape
+
+
+def test_cli_trains_from_a_config_file(tmp_path, small_image_dir):
+    config_path = tmp_path / "cfg.yaml"
+    import yaml
+
+    config_path.write_text(yaml.safe_dump(_config(small_image_dir, steps=2).to_dict()))
+    main(["--config", str(config_path), "--run-dir", str(tmp_path / "run"), "--quiet",
+          "--export", str(tmp_path / "out.pt")])
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert (tmp_path / "out.pt").is_file() and (tmp_path / "out.json").is_file()
+
+
+def test_vgg19_perceptual_option_needs_weights(tmp_path, small_image_dir):
+    config = _config(small_image_dir, perceptual="vgg19")
+    with pytest.raises(SystemExit, match="vgg19_weights"):
+        Trainer(config, tmp_path, torch.device("cpu"), quiet=True)

@@ -1,0 +1,69 @@
+"""The committed checkpoint: it loads, its levels are ordered by rate and quality on val, and it still
+measures what its summary says."""
+
+import json
+
+import pytest
+import torch
+
+from model_export.checkpoint import load_codec_checkpoint
+from model_export.data import ImageSet
+from model_export.validation import evaluate_images
+
+from .conftest import REPO, SHARED_DATA
+
+CHECKPOINT = REPO / "checkpoints" / "sslic_default.pt"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    if not CHECKPOINT.is_file():
+        pytest.fail(f"{CHECKPOINT} is missing: the trained checkpoint must be committed")
+    return load_codec_checkpoint(CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def val_results(trained):
+    val_dir = SHARED_DATA / "val"
+    if not val_dir.is_dir():
+        pytest.skip("../shared/data/val not found")
+    model, _, _ = trained
+    return evaluate_images(model, ImageSet.from_dir(val_dir).images)
+
+
+def test_checkpoint_has_at_least_three_levels_and_a_summary(trained):
+    model, config, summary = trained
+    assert model.levels >= 3
+    assert summary["step"] > 0 and summary["val"]["bpp"]
+    assert json.loads(CHECKPOINT.with_suffix(".json").read_text())["step"] == summary["step"]
+    assert CHECKPOINT.stat().st_size < 30 * 2**20
+
+
+def test_bpp_and_psnr_increase_with_level_on_val(val_results):
+    bpp, psnr = val_results["bpp"], val_results["psnr"]
+    assert all(a < b for a, b in zip(bpp, bpp[1:])), bpp
+    assert all(a < b for a, b in zip(psnr, psnr[1:])), psnr
+
+
+def test_val_quality_bands(val_results):
+    """Loose bands that only a trained model meets: level 1 is a real image, the finest level a good one."""
+    bpp, psnr = val_results["bpp"], val_results["psnr"]
+    assert 0.03 < bpp[0] < 0.4 and psnr[0] > 22.0, (bpp, psnr)
+    assert 0.4 < bpp[-1] < 2.5 and psnr[-1] > 28.0, (bpp, psnr)
+
+
+def test_summary_matches_a_fresh_measurement(trained, val_results):
+    _, _, summary = trained
+    for recorded, measured in zip(summary["val"]["bpp"], val_results["bpp"]):
+        assert measured == pytest.approx(recorded, rel=0.02)
+    for recorded, measured in zip(summary["val"]["psnr"], val_results["psnr"]):
+        assert measured == pytest.approx(recorded, abs=0.1)
+
+
+def test_backbone_is_the_self_supervised_one(trained):
+    model, config, _ = trained
+    assert config.model.backbone == "simclr"
+    backbone = torch.load(REPO / config.model.backbone_checkpoint, weights_only=True)
+    torch.testing.assert_close(
+        model.encoder.backbone.conv1.weight, backbone["state_dict"]["conv1.weight"].float(), atol=1e-3, rtol=1e-2
+    )

@@ -85,6 +85,8 @@ class TrainConfig:
     steps: int = 10000
     lr: float = 1e-4
     lr_schedule: list[list[float]] = field(default_factory=lambda: [[0.0, 1e-4]])  # [[fraction, lr], ...]
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0
+    skip_spikes: float = 20.0  # skip an update whose loss exceeds this multiple of the running mean (0: off)
     aux_lr: float = 1e-3
     grad_clip: float = 1.0
     seed: int = 0

@@ -69,6 +69,7 @@ class Trainer:
         self.best_val_loss = math.inf
         self.best_step = 0
         self.val_history: list[dict[str, Any]] = []
+        self.skipped = 0
 
     def _perceptual(self) -> PerceptualLoss:
         loss = self.config.loss
@@ -95,6 +96,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "best_step": self.best_step,
             "val_history": self.val_history,
+            "skipped": self.skipped,
             "config": self.config.to_dict(),
         }
 
@@ -109,6 +111,7 @@ class Trainer:
         self.best_val_loss = state["best_val_loss"]
         self.best_step = state["best_step"]
         self.val_history = state["val_history"]
+        self.skipped = state.get("skipped", 0)
 
     def save(self, name: str) -> None:
         path = self.run_dir / name
@@ -138,10 +141,18 @@ class Trainer:
         self.log(f"val step {self.step}: " + json.dumps(record))
         return record
 
-    def train_step(self) -> tuple[float, list]:
+    def train_step(self, reference_loss: float | None = None) -> tuple[float, list, bool]:
+        """One update; returns (loss, per-level terms, applied). A non-finite loss, or one above
+        ``skip_spikes`` × ``reference_loss``, is not applied, so one bad batch cannot wreck the run."""
         x = self.sampler.batch(self.config.train.batch_size).to(self.device)
         output = self.model(x)
         loss, terms = self.criterion(x, output)
+        value = float(loss.detach())
+        spike = self.config.train.skip_spikes
+        if not math.isfinite(value) or (spike and reference_loss and value > spike * reference_loss):
+            self.skipped += 1
+            self.log(f"step {self.step + 1}: skipped update, loss {value:.4g} (running {reference_loss})")
+            return value, terms, False
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.train.grad_clip > 0:
@@ -153,7 +164,7 @@ class Trainer:
         self.aux_optimizer.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_optimizer.step()
-        return float(loss.detach()), terms
+        return value, terms, True
 
     def run(self, max_minutes: float | None = None, max_steps: int | None = None) -> None:
         train = self.config.train
@@ -166,9 +177,11 @@ class Trainer:
         last = time.monotonic()
         while self.step < stop_at:
             lr = learning_rate(train.lr_schedule, self.step / total)
+            if train.warmup_steps:
+                lr *= min(1.0, (self.step + 1) / train.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, terms = self.train_step()
+            loss, terms, applied = self.train_step(ema.get("loss") if self.step > 50 else None)
             self.step += 1
             now = time.monotonic()
             self.elapsed += now - last
@@ -179,7 +192,8 @@ class Trainer:
                 values[f"mse{level}"] = float(term.mse)
                 values[f"p{level}"] = float(term.perceptual)
             for key, value in values.items():
-                ema[key] = value if key not in ema else 0.98 * ema[key] + 0.02 * value
+                if applied or key not in ema:
+                    ema[key] = value if key not in ema else 0.98 * ema[key] + 0.02 * value
             bar.update(1)
             levels = range(1, len(terms) + 1)
             postfix = f"loss {ema['loss']:.3f} | " + " ".join(
@@ -214,6 +228,7 @@ class Trainer:
             "val_data": {"dir": self.config.train.val_dir, "images": len(self.val_set.names),
                          "sha256": self.val_set.sha256},
             "val": best,
+            "skipped_updates": state.get("skipped", 0),
             "val_history": state["val_history"],
             "config": self.config.to_dict(),
         }

@@ -73,3 +73,27 @@ def test_vgg19_perceptual_option_needs_weights(tmp_path, small_image_dir):
     config = _config(small_image_dir, perceptual="vgg19")
     with pytest.raises(SystemExit, match="vgg19_weights"):
         Trainer(config, tmp_path, torch.device("cpu"), quiet=True)
+
+
+def test_a_non_finite_batch_is_skipped_not_applied(tmp_path, small_image_dir):
+    trainer = Trainer(_config(small_image_dir), tmp_path, torch.device("cpu"), quiet=True)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real_batch = trainer.sampler.batch
+
+    def poisoned(size):
+        x = real_batch(size)
+        x[0, 0, 0, 0] = float("nan")
+        return x
+
+    trainer.sampler.batch = poisoned
+    loss, _, applied = trainer.train_step()
+    assert not applied and loss != loss  # NaN
+    assert trainer.skipped == 1
+    for key, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, before[key], equal_nan=True)
+    trainer.sampler.batch = real_batch
+    _, _, applied = trainer.train_step(reference_loss=1e-6)  # far above 20x the running loss: a spike
+    assert not applied and trainer.skipped == 2
+    _, _, applied = trainer.train_step()
+    assert applied
+    assert "skipped update" in (tmp_path / "train.log").read_text()

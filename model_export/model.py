@@ -41,19 +41,32 @@ def crop_to(x: Tensor, height: int, width: int) -> Tensor:
 class Encoder(nn.Module):
     """x (B,3,H,W in [0,1], H and W multiples of ``padding_multiple``) → latents [y_1 … y_L]."""
 
-    def __init__(self, backbone: nn.Module, attention: SelfAttention | None, pyramid: FeaturePyramid, frozen: bool):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        attention: SelfAttention | None,
+        pyramid: FeaturePyramid,
+        frozen: bool,
+        pixel_shortcut: bool,
+    ):
         super().__init__()
         self.backbone = backbone
         self.attention = attention
         self.pyramid = pyramid
         self.backbone_frozen = frozen
+        self.pixel_shortcut = pixel_shortcut
 
     def features(self, x: Tensor) -> Tensor:
+        """Backbone features at H/4, with the 4×4 space-to-depth of the centred pixels appended."""
         if self.backbone_frozen:
             self.backbone.eval()
             with torch.no_grad():
-                return self.backbone(x)
-        return self.backbone(x)
+                features = self.backbone(x)
+        else:
+            features = self.backbone(x)
+        if self.pixel_shortcut:
+            features = torch.cat([features, F.pixel_unshuffle(x - 0.5, 4)], dim=1)
+        return features
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = self.features(x)
@@ -81,12 +94,12 @@ class SSLIC(nn.Module):
         else:
             backbone = LearnedStem()
             frozen = False
-        channels = backbone.out_channels  # type: ignore[attr-defined]
+        channels = backbone.out_channels + (3 * 16 if config.pixel_shortcut else 0)  # type: ignore[attr-defined]
         encoder_attention = None
         if config.attention in ("encoder", "both"):
             encoder_attention = SelfAttention(channels, config.attention_window, config.attention_pool)
         pyramid = FeaturePyramid(channels, config.pyramid_channels, config.latent_channels)
-        self.encoder = Encoder(backbone, encoder_attention, pyramid, frozen)
+        self.encoder = Encoder(backbone, encoder_attention, pyramid, frozen, config.pixel_shortcut)
         self.entropy = nn.ModuleList(EntropyBottleneck(m) for m in config.latent_channels)
         self.decoder = SharedDecoder(
             config.latent_channels,

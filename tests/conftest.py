@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def tiny_model_config(**overrides) -> ModelConfig:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("SSLIC_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")

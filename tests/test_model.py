@@ -93,3 +93,13 @@ def test_config_rejects_bad_weights_and_placements():
         ExperimentConfig.from_dict({"model": {"attention": "everywhere"}})
     with pytest.raises(ConfigError, match="unknown keys"):
         ExperimentConfig.from_dict({"train": {"learning_rate": 1}})
+
+
+def test_pixel_shortcut_appends_the_exact_pixels():
+    model = SSLIC(tiny_model_config(pixel_shortcut=True)).eval()
+    x = torch.rand(1, 3, 32, 64)
+    features = model.encoder.features(x)
+    assert features.shape == (1, 256 + 48, 8, 16)
+    torch.testing.assert_close(features[:, 256:], torch.nn.functional.pixel_unshuffle(x - 0.5, 4))
+    plain = SSLIC(tiny_model_config(pixel_shortcut=False)).eval()
+    assert plain.encoder.features(x).shape == (1, 256, 8, 16)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .attention import SelfAttention
@@ -123,7 +122,3 @@ class DecoderPath(nn.Module):
 
     def forward(self, y_hat: Tensor) -> Tensor:
         return self.decoder(y_hat, self.level)
-
-
-def count_parameters(parameters: Sequence[torch.nn.Parameter]) -> int:
-    return sum(p.numel() for p in parameters)

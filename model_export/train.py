@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .backbone import ResNet50Group1, load_simclr_backbone
-from .checkpoint import save_codec_checkpoint
+from .checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from .config import ExperimentConfig, load_config
 from .data import CropSampler, ImageSet
 from .losses import RateDistortionLoss, psnr_from_mse
@@ -112,6 +112,12 @@ class Trainer:
         self.best_step = state["best_step"]
         self.val_history = state["val_history"]
         self.skipped = state.get("skipped", 0)
+
+    def init_from(self, path: Path) -> None:
+        """Start from a codec checkpoint's weights (same architecture); optimizer and step start afresh."""
+        model, _, summary = load_codec_checkpoint(path)
+        self.model.load_state_dict(model.state_dict())
+        self.log(f"initialised from {path} (its step {summary.get('step')})")
 
     def save(self, name: str) -> None:
         path = self.run_dir / name
@@ -261,6 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (overrides train.device)")
     parser.add_argument("--vgg19-weights", default=None, help="torchvision VGG-19 state dict for the perceptual term")
+    parser.add_argument("--init-from", default=None, help="start a new run from a codec checkpoint's weights")
     parser.add_argument("--export", default=None, help="write the best weights as a codec checkpoint here")
     parser.add_argument("--half", action="store_true", help="store the exported weights as fp16")
     parser.add_argument("--quiet", action="store_true")
@@ -284,7 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and last.is_file():
         trainer.load_state(torch.load(last, map_location=device, weights_only=False))
         trainer.log(f"resumed at step {trainer.step}")
-    elif not args.resume:
+    else:
+        if args.init_from:
+            trainer.init_from(Path(args.init_from))
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
     trainer.run(max_minutes=args.max_minutes, max_steps=args.max_steps)
     if args.export:

@@ -97,3 +97,17 @@ def test_a_non_finite_batch_is_skipped_not_applied(tmp_path, small_image_dir):
     _, _, applied = trainer.train_step()
     assert applied
     assert "skipped update" in (tmp_path / "train.log").read_text()
+
+
+def test_a_new_run_can_start_from_a_codec_checkpoint(tmp_path, small_image_dir):
+    first = Trainer(_config(small_image_dir, steps=2), tmp_path / "a", torch.device("cpu"), quiet=True)
+    (tmp_path / "a").mkdir()
+    first.run()
+    path = first.export(tmp_path / "a.pt", half=False)
+    (tmp_path / "b").mkdir()
+    second = Trainer(_config(small_image_dir, steps=2), tmp_path / "b", torch.device("cpu"), quiet=True)
+    second.init_from(path)
+    exported, _, _ = load_codec_checkpoint(path)
+    for key, value in exported.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[key], value)
+    assert second.step == 0

@@ -24,8 +24,8 @@ class ModelConfig:
     backbone: str = "simclr"  # simclr: frozen self-supervised ResNet-50 group 1; learned: baseline stem
     backbone_checkpoint: str | None = None
     finetune_backbone: bool = False
-    # concatenate the 4×4 space-to-depth of the pixels (48 ch) to the backbone features: SimCLR features are
-    # trained to ignore colour, and without this the decoder cannot restore it (see docs/architecture.md)
+    # concatenate the 4×4 space-to-depth of the pixels (48 ch) to the backbone features, so the encoder sees
+    # what SimCLR's colour invariance may discard; false = the paper's encoder (see docs/architecture.md)
     pixel_shortcut: bool = True
     attention: str = "encoder"  # none | encoder | decoder | both
     attention_window: int = 16

@@ -216,6 +216,8 @@ class Trainer:
                 self.save("last.pt")
             if deadline and time.monotonic() > deadline:
                 self.log(f"stopping at step {self.step}: --max-minutes reached")
+                if not self.val_history or self.val_history[-1]["step"] != self.step:
+                    self.validate()  # so best.pt can be the final weights, not only the last periodic check
                 break
         bar.close()
         self.save("last.pt")

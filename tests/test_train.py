@@ -111,3 +111,11 @@ def test_a_new_run_can_start_from_a_codec_checkpoint(tmp_path, small_image_dir):
     for key, value in exported.state_dict().items():
         torch.testing.assert_close(second.model.state_dict()[key], value)
     assert second.step == 0
+
+
+def test_a_time_limited_stop_validates_the_final_weights(tmp_path, small_image_dir):
+    trainer = Trainer(_config(small_image_dir, steps=50), tmp_path, torch.device("cpu"), quiet=True)
+    trainer.run(max_minutes=1e-6)  # the deadline passes after the first step
+    assert trainer.step == 1
+    assert [r["step"] for r in trainer.val_history] == [1]
+    assert (tmp_path / "best.pt").is_file()

@@ -1,0 +1,246 @@
+"""Export a codec checkpoint as the artifact folder the torch-free service reads.
+
+``python -m model_export.export CHECKPOINT OUT_DIR`` writes:
+
+- ``encoder.onnx``: image (B, 3, H, W) in [0, 1], H and W multiples of the padding multiple → the latents
+  ``y1`` … ``yL`` (level 1 first), before rounding;
+- ``decoder_level{i}.onnx``: ŷ_i (B, C_i, H/s_i, W/s_i) → x̂ (B, 3, H, W), not clamped; level i's whole
+  decoder path, so the shared weights are part of every level's graph;
+- ``weights.bin``: every initializer of those graphs, stored once (ONNX external data): the decoder paths
+  point at the same bytes for the parameters they share, as in the paper's shared decoder. Tensors that are
+  exactly representable in fp16 (all of them for a checkpoint trained and exported with ``--half``) are
+  stored as fp16 and cast back to fp32 inside the graph, which halves the folder without changing a value;
+- ``entropy_tables.npz``: the frozen integer CDF tables (``model_export.freeze``);
+- ``manifest.json``: format version, model id (hash of the files), levels, channels, strides, padding
+  multiple, table precision, sha256 of every file, the training summary and validation metrics.
+
+Formats: ``docs/artifacts.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import Tensor, nn
+
+from .checkpoint import load_codec_checkpoint
+from .freeze import DEFAULT_PRECISION, FrozenTables, freeze_bottleneck, save_tables
+from .model import SSLIC
+
+__all__ = ["export_model", "ARTIFACT_FORMAT", "ARTIFACT_VERSION", "OPSET"]
+
+ARTIFACT_FORMAT = "sslic-model"
+ARTIFACT_VERSION = 1
+OPSET = 18
+WEIGHTS_FILE = "weights.bin"
+_MIN_EXTERNAL_ELEMENTS = 64
+
+
+class _EncoderGraph(nn.Module):
+    """image → (y1, …, yL)."""
+
+    def __init__(self, model: SSLIC):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.model.encoder(image))
+
+
+class _DecoderGraph(nn.Module):
+    """ŷ of one level → x̂ (unclamped)."""
+
+    def __init__(self, model: SSLIC, level: int):
+        super().__init__()
+        self.path = model.decoder.path(level)
+
+    def forward(self, latent: Tensor) -> Tensor:
+        return self.path(latent)
+
+
+def _set_export_mode(model: SSLIC) -> None:
+    """Eval mode, and the explicit matmul attention (ONNX Runtime runs it faster than exported SDPA)."""
+    model.eval()
+    for module in model.modules():
+        if hasattr(module, "use_sdpa"):
+            module.use_sdpa = False
+
+
+def _to_onnx(module: nn.Module, example: Tensor, input_name: str, output_names: list[str]) -> onnx.ModelProto:
+    dynamic = {input_name: {0: "batch", 2: "height", 3: "width"}}
+    for name in output_names:
+        dynamic[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _exact_in_fp16(array: np.ndarray) -> bool:
+    if array.dtype != np.float32:
+        return False
+    half = array.astype(np.float16)
+    return bool(np.all(np.isfinite(half)) and np.array_equal(half.astype(np.float32), array))
+
+
+def _store_fp16(graph: onnx.GraphProto) -> None:
+    """Replace exactly-fp16 float initializers by an fp16 initializer + Cast to float32 of the same name."""
+    casts = []
+    for initializer in graph.initializer:
+        array = numpy_helper.to_array(initializer)
+        if array.size < _MIN_EXTERNAL_ELEMENTS or not _exact_in_fp16(array):
+            continue
+        name = initializer.name
+        half_name = f"{name}__fp16"
+        initializer.CopyFrom(numpy_helper.from_array(array.astype(np.float16), half_name))
+        casts.append(onnx.helper.make_node("Cast", [half_name], [name], to=onnx.TensorProto.FLOAT, name=f"cast_{name}"))
+    for node in reversed(casts):
+        graph.node.insert(0, node)
+
+
+class _SharedWeights:
+    """Collects initializer bytes once per distinct content; graphs refer to them as external data."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.offsets: dict[str, tuple[int, int]] = {}
+
+    def externalize(self, graph: onnx.GraphProto) -> None:
+        for initializer in graph.initializer:
+            raw = numpy_helper.to_array(initializer)
+            if raw.size < _MIN_EXTERNAL_ELEMENTS:
+                continue
+            data = np.ascontiguousarray(raw).tobytes()
+            key = f"{initializer.data_type}:{hashlib.sha256(data).hexdigest()}"
+            if key not in self.offsets:
+                while len(self.buffer) % 64:
+                    self.buffer.append(0)
+                self.offsets[key] = (len(self.buffer), len(data))
+                self.buffer.extend(data)
+            offset, length = self.offsets[key]
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+                initializer.ClearField(field)
+            initializer.data_location = onnx.TensorProto.EXTERNAL
+            del initializer.external_data[:]
+            for k, v in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(length))):
+                entry = initializer.external_data.add()
+                entry.key, entry.value = k, v
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_model(
+    model: SSLIC,
+    out_dir: str | Path,
+    summary: dict | None = None,
+    precision: int = DEFAULT_PRECISION,
+    example_size: int | None = None,
+) -> dict:
+    """Write the artifact folder for ``model`` and return its manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _set_export_mode(model)
+    levels = model.levels
+    multiple = model.padding_multiple
+    size = example_size or 2 * multiple
+    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    latent_names = [f"y{i}" for i in range(1, levels + 1)]
+
+    with torch.no_grad():
+        latents = model.encoder(example)
+    graphs: dict[str, onnx.ModelProto] = {"encoder.onnx": _to_onnx(_EncoderGraph(model), example, "image", latent_names)}
+    for level in range(1, levels + 1):
+        graphs[f"decoder_level{level}.onnx"] = _to_onnx(
+            _DecoderGraph(model, level), latents[level - 1], "latent", ["image"]
+        )
+
+    weights = _SharedWeights()
+    for proto in graphs.values():
+        _store_fp16(proto.graph)
+        weights.externalize(proto.graph)
+        proto.producer_name = "sslic.model_export"
+    (out / WEIGHTS_FILE).write_bytes(bytes(weights.buffer))
+    for name, proto in graphs.items():
+        (out / name).write_bytes(proto.SerializeToString())
+        onnx.checker.check_model(str(out / name), full_check=True)
+
+    tables: list[FrozenTables] = [freeze_bottleneck(eb, precision) for eb in model.entropy]
+    save_tables(out / "entropy_tables.npz", tables)
+
+    files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
+    hashes = {name: _sha256(out / name) for name in files}
+    model_id = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in hashes.items()).encode()).hexdigest()[:32]
+    strides = model.level_strides()
+    summary = summary or {}
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_VERSION,
+        "model_id": model_id,
+        "name": summary.get("name", "sslic"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "levels": levels,
+        "latent_channels": [int(c) for c in model.config.latent_channels],
+        "strides": strides,
+        "padding_multiple": multiple,
+        "padding_mode": "replicate, bottom and right",
+        "input": {"name": "image", "layout": "NCHW", "range": [0.0, 1.0], "dtype": "float32"},
+        "latent_names": latent_names,
+        "decoders": {str(level): f"decoder_level{level}.onnx" for level in range(1, levels + 1)},
+        "encoder": "encoder.onnx",
+        "weights": WEIGHTS_FILE,
+        "entropy_tables": "entropy_tables.npz",
+        "table_precision": precision,
+        "onnx_opset": OPSET,
+        "files": hashes,
+        "model": dataclasses.asdict(model.config),
+        "training": {k: v for k, v in summary.items() if k not in ("val_history",)},
+        "val": summary.get("val"),
+        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="codec checkpoint (model_export.checkpoint format)")
+    parser.add_argument("out_dir", help="artifact folder to write")
+    parser.add_argument("--precision", type=int, default=DEFAULT_PRECISION, help="CDF table precision in bits")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    model, _config, summary = load_codec_checkpoint(args.checkpoint)
+    manifest = export_model(model, args.out_dir, summary=summary, precision=args.precision)
+    size = sum((Path(args.out_dir) / name).stat().st_size for name in manifest["files"])
+    print(f"wrote {args.out_dir}: model id {manifest['model_id']}, {manifest['levels']} levels, {size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Freeze step: turn each level's learned factorized density into integer CDF tables (CompressAI's
+``EntropyBottleneck.update``, with an escape symbol).
+
+For channel c of a level, with median m_c and learned tail quantiles q_lo, q_hi:
+- symbols are ``round(y − m_c)``; the table covers ``[−minima_c, maxima_c]`` with
+  ``minima_c = ceil(m_c − q_lo)`` and ``maxima_c = ceil(q_hi − m_c)`` (both ≥ 0);
+- the table's index of symbol s is ``s − offset_c`` with ``offset_c = −minima_c``;
+- one extra index, ``length_c − 1``, is the escape: it stands for every symbol outside the table and carries
+  the probability mass of both tails; the runtime codes the escaped value itself with uniform models;
+- the probabilities are quantised to integer frequencies summing to ``2**precision``, every one ≥ 1, so
+  the CDF ``cdf_c[0] = 0 < cdf_c[1] < … < cdf_c[length_c] = 2**precision`` is strictly increasing.
+
+The tables are written with ``numpy.savez`` (no pickled objects); ``docs/artifacts.md`` describes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .entropy import EntropyBottleneck
+
+__all__ = ["FrozenTables", "freeze_bottleneck", "quantize_pmf", "save_tables", "DEFAULT_PRECISION"]
+
+DEFAULT_PRECISION = 16
+
+
+@dataclass
+class FrozenTables:
+    """Integer tables of one level; rows of ``cdf`` are padded with ``2**precision``."""
+
+    cdf: np.ndarray  # int32 (C, max(lengths) + 1)
+    lengths: np.ndarray  # int32 (C,): table length including the escape symbol
+    offsets: np.ndarray  # int32 (C,): symbol value of table index 0
+    medians: np.ndarray  # float32 (C,)
+    precision: int
+
+    @property
+    def channels(self) -> int:
+        return int(self.lengths.shape[0])
+
+
+def quantize_pmf(probabilities: np.ndarray, precision: int) -> np.ndarray:
+    """Integer frequencies ≥ 1 that sum to ``2**precision`` and follow ``probabilities`` as closely as
+    rounding allows (CompressAI's ``pmf_to_quantized_cdf``, done in integers)."""
+    total = 1 << precision
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 1 or probabilities.size < 2 or probabilities.size > total:
+        raise ValueError(f"need 2..{total} probabilities, got shape {probabilities.shape}")
+    if not np.all(np.isfinite(probabilities)) or probabilities.min() < 0 or probabilities.sum() <= 0:
+        raise ValueError("probabilities must be finite, non-negative and not all zero")
+    freqs = np.maximum(np.round(probabilities / probabilities.sum() * total).astype(np.int64), 1)
+    excess = int(freqs.sum()) - total
+    while excess > 0:
+        # take from the largest bins first, never pushing one below 1
+        order = np.argsort(-freqs, kind="stable")
+        for index in order:
+            if excess == 0:
+                break
+            if freqs[index] > 1:
+                take = min(excess, int(freqs[index]) - 1, max(1, int(freqs[index]) // 4))
+                freqs[index] -= take
+                excess -= take
+    if excess < 0:
+        freqs[int(np.argmax(freqs))] -= excess
+    return freqs
+
+
+@torch.no_grad()
+def freeze_bottleneck(bottleneck: EntropyBottleneck, precision: int = DEFAULT_PRECISION) -> FrozenTables:
+    """Integer CDF tables for every channel of ``bottleneck`` (evaluated in float64 for stability)."""
+    if not 8 <= precision <= 16:
+        raise ValueError(f"precision must be 8..16 bits, got {precision}")
+    quantiles = bottleneck.quantiles.detach().double()[:, 0, :]
+    medians = quantiles[:, 1]
+    minima = torch.ceil(medians - quantiles[:, 0]).clamp(min=0).long()
+    maxima = torch.ceil(quantiles[:, 2] - medians).clamp(min=0).long()
+    lengths = (minima + maxima + 1).numpy()
+    max_length = int(lengths.max())
+    if max_length + 1 > (1 << precision) // 2:
+        raise ValueError(f"a channel's support ({max_length} symbols) is too wide for {precision}-bit tables")
+
+    density = _Float64Density(bottleneck)
+    starts = medians - minima.double()
+    samples = starts[:, None] + torch.arange(max_length, dtype=torch.float64)[None, :]
+    pmf = density.pmf(samples).numpy()
+    lower_tail = torch.sigmoid(density.logits(starts[:, None] - 0.5))[:, 0].numpy()
+    ends = starts + torch.as_tensor(lengths, dtype=torch.float64)
+    upper_tail = torch.sigmoid(-density.logits(ends[:, None] - 0.5))[:, 0].numpy()
+
+    channels = lengths.shape[0]
+    total = 1 << precision
+    cdf = np.full((channels, max_length + 2), total, dtype=np.int32)
+    for c in range(channels):
+        n = int(lengths[c])
+        probabilities = np.concatenate([pmf[c, :n], [lower_tail[c] + upper_tail[c]]])
+        freqs = quantize_pmf(probabilities, precision)
+        cdf[c, 0] = 0
+        cdf[c, 1 : n + 2] = np.cumsum(freqs)
+    return FrozenTables(
+        cdf=cdf,
+        lengths=(lengths + 1).astype(np.int32),
+        offsets=(-minima.numpy()).astype(np.int32),
+        medians=medians.float().numpy().astype(np.float32),
+        precision=precision,
+    )
+
+
+class _Float64Density:
+    """The bottleneck's cumulative evaluated in float64 (the freeze step needs accurate tails)."""
+
+    def __init__(self, bottleneck: EntropyBottleneck):
+        self.matrices = [torch.nn.functional.softplus(m.detach().double()) for m in bottleneck.matrices]
+        self.biases = [b.detach().double() for b in bottleneck.biases]
+        self.factors = [torch.tanh(f.detach().double()) for f in bottleneck.factors]
+
+    def logits(self, values: torch.Tensor) -> torch.Tensor:
+        """Logits of the cumulative at ``values`` (C, n)."""
+        logits = values.unsqueeze(1)
+        for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases)):
+            logits = torch.matmul(matrix, logits) + bias
+            if i < len(self.factors):
+                logits = logits + self.factors[i] * torch.tanh(logits)
+        return logits.squeeze(1)
+
+    def pmf(self, samples: torch.Tensor) -> torch.Tensor:
+        lower = self.logits(samples - 0.5)
+        upper = self.logits(samples + 0.5)
+        sign = -torch.sign(lower + upper)
+        return torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+
+
+def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
+    """Write every level's tables to one ``.npz`` (arrays only; ``level{i}_…`` keys, level 1 first)."""
+    precisions = {t.precision for t in tables}
+    if len(precisions) != 1:
+        raise ValueError("all levels must share one table precision")
+    arrays: dict[str, np.ndarray] = {
+        "format_version": np.array([1], dtype=np.int32),
+        "precision": np.array([precisions.pop()], dtype=np.int32),
+        "levels": np.array([len(tables)], dtype=np.int32),
+    }
+    for level, table in enumerate(tables, start=1):
+        arrays[f"level{level}_cdf"] = table.cdf
+        arrays[f"level{level}_lengths"] = table.lengths
+        arrays[f"level{level}_offsets"] = table.offsets
+        arrays[f"level{level}_medians"] = table.medians
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def ideal_bits(tables: FrozenTables, symbols: np.ndarray) -> float:
+    """Bits the tables assign to ``symbols`` (C, n) (escape payloads not counted); for tests and reports."""
+    total = 1 << tables.precision
+    bits = 0.0
+    for c in range(tables.channels):
+        n = int(tables.lengths[c])
+        index = symbols[c] - tables.offsets[c]
+        index = np.where((index < 0) | (index >= n - 1), n - 1, index)
+        freqs = np.diff(tables.cdf[c, : n + 1])
+        bits += float(-np.log2(freqs[index] / total).sum())
+    return bits if math.isfinite(bits) else float("inf")

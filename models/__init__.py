@@ -1,0 +1,1 @@
+"""Shipped model artifact folders (models/default is the one loaded by default)."""

@@ -1,0 +1,128 @@
+"""``sslic`` command line: compress, decompress, info.
+
+Exit codes: 0 success, 2 usage error, 3 bad input (image, container or parameter), 4 model cannot be loaded,
+5 file cannot be read or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .bitstream import extract_level, unpack
+from .codec import DEFAULT_MAX_PIXELS, Codec
+from .errors import InvalidParameter, ModelLoadError, SslicError
+from .imageio import OUTPUT_FORMATS, encode_image
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_BAD_INPUT = 3
+EXIT_MODEL = 4
+EXIT_IO = 5
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslic", description="Learned variable-rate image codec (ONNX Runtime).")
+    parser.add_argument("--model-dir", default=None, help="artifact folder (default: $SSLIC_MODEL_DIR or the shipped model)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    parser.add_argument("--providers", default=None, help="comma list of ONNX Runtime providers (default: CUDA if present, CPU)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image accepted")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compress = commands.add_parser("compress", help="image → sslic container")
+    compress.add_argument("input", help="image file (PNG, JPEG, WebP, BMP, TIFF, GIF, PPM); '-' for stdin")
+    compress.add_argument("output", help="container file; '-' for stdout")
+    compress.add_argument("--level", default=None, help="1..L, a comma list such as 1,3, or 'all' (default: finest)")
+
+    decompress = commands.add_parser("decompress", help="sslic container → image")
+    decompress.add_argument("input", help="container file; '-' for stdin")
+    decompress.add_argument("output", help="image file (.png, .webp lossless, .jpg); '-' for PNG on stdout")
+    decompress.add_argument("--level", type=int, default=None, help="level to decode (default: finest present)")
+
+    info = commands.add_parser("info", help="print a container's header as JSON")
+    info.add_argument("input", help="container file; '-' for stdin")
+
+    extract = commands.add_parser("extract", help="copy one level of a multi-level container (no model run)")
+    extract.add_argument("input")
+    extract.add_argument("output")
+    extract.add_argument("--level", type=int, default=None, help="level to keep (default: finest present)")
+    return parser
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    return Path(path).read_bytes()
+
+
+def _write(path: str, data: bytes) -> None:
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    Path(path).write_bytes(data)
+
+
+def _output_format(path: str) -> str:
+    if path == "-":
+        return "png"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in OUTPUT_FORMATS:
+        raise InvalidParameter(f"cannot tell the output format from {path!r}; use .png, .webp or .jpg")
+    return suffix
+
+
+def _codec(args: argparse.Namespace) -> Codec:
+    providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
+    return Codec.from_dir(args.model_dir, providers=providers, threads=args.threads, max_pixels=args.max_pixels)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "extract":
+        _write(args.output, extract_level(_read(args.input), args.level))
+        return 0
+    if args.command == "info":
+        data = _read(args.input)
+        print(json.dumps(unpack(data).header_dict(len(data)), indent=1))
+        return 0
+    if args.command == "decompress":
+        fmt = _output_format(args.output)
+        data = _read(args.input)
+        codec = _codec(args)
+        image = codec.decompress(data, level=args.level)
+        _write(args.output, encode_image(image, fmt))
+        return 0
+    data = _read(args.input)
+    codec = _codec(args)
+    container = codec.compress(data, levels=args.level)
+    _write(args.output, container)
+    if args.output != "-":
+        info = codec.info(container)
+        print(
+            f"{args.output}: {info['bytes']} bytes, {info['bpp_total']:.4f} bpp, "
+            f"level(s) {[entry['level'] for entry in info['levels']]}, {info['width']}×{info['height']} {info['mode']}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ModelLoadError as error:
+        print(f"sslic: cannot load the model: {error.detail}", file=sys.stderr)
+        return EXIT_MODEL
+    except SslicError as error:
+        print(f"sslic: {error.code}: {error.detail}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        print(f"sslic: {error.strerror or error}: {getattr(error, 'filename', '') or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_IO
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The torch-free codec: image → pad → encoder (ONNX) → round → range code → container, and back.
+
+>>> codec = Codec.from_dir("models/default")
+>>> data = codec.compress(open("photo.png", "rb").read(), levels=[1, 4])
+>>> image = codec.decompress(data, level=1)          # PIL image, input size and mode
+>>> small = codec.extract(data, level=1)             # single-level container, no model run
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .bitstream import Container, LevelStream, extract_level, pack, unpack
+from .errors import CorruptStream, ImageTooLarge, InvalidParameter, UnknownModel
+from .imageio import InputImage, from_pil, read_image, to_pil
+from .model import LoadedModel, default_model_dir, load_model
+
+__all__ = ["Codec", "parse_levels", "DEFAULT_MAX_PIXELS", "pad_image", "to_uint8"]
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def parse_levels(value: str | int | Iterable[int] | None, levels: int) -> list[int]:
+    """``"2"``, ``"1,3"``, ``"all"``, an int or a list → sorted distinct levels in 1..``levels``."""
+    if value is None:
+        return [levels]
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "all":
+            return list(range(1, levels + 1))
+        try:
+            numbers = [int(part) for part in text.split(",")]
+        except ValueError as error:
+            raise InvalidParameter(f"level must be 1..{levels}, a comma list or 'all', got {value!r}") from error
+    elif isinstance(value, (int, np.integer)):
+        numbers = [int(value)]
+    else:
+        numbers = [int(v) for v in value]
+    if not numbers:
+        raise InvalidParameter("no level given")
+    bad = [n for n in numbers if not 1 <= n <= levels]
+    if bad:
+        raise InvalidParameter(f"level {bad[0]} is outside 1..{levels}")
+    return sorted(set(numbers))
+
+
+def pad_image(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """(H, W, 3) uint8 → (3, H', W') float32 in [0, 1], replicate-padded bottom/right to ``multiple``."""
+    height, width = rgb.shape[:2]
+    padded = np.pad(rgb, ((0, (-height) % multiple), (0, (-width) % multiple), (0, 0)), mode="edge")
+    return np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+def to_uint8(x_hat: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Decoder output (3, H', W') → cropped (height, width, 3) uint8."""
+    cropped = x_hat[:, :height, :width]
+    return np.clip(np.rint(cropped * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0).copy()
+
+
+@dataclass
+class Codec:
+    """A loaded model plus the image and container logic around it."""
+
+    model: LoadedModel
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_dir(
+        cls,
+        directory: str | Path | None = None,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> "Codec":
+        model = load_model(directory or default_model_dir(), providers=providers, intra_op_threads=threads)
+        return cls(model, max_pixels)
+
+    @property
+    def levels(self) -> int:
+        return self.model.levels
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    # -- compression ------------------------------------------------------------------------------------
+    def load_image(self, image: bytes | Image.Image | InputImage) -> InputImage:
+        if isinstance(image, InputImage):
+            pixels = image.width * image.height
+            if pixels > self.max_pixels:
+                raise ImageTooLarge(f"{pixels} pixels is above the limit of {self.max_pixels}")
+            return image
+        if isinstance(image, Image.Image):
+            return self.load_image(from_pil(image))
+        return read_image(bytes(image), self.max_pixels)
+
+    def symbols(self, image: InputImage, levels: Sequence[int]) -> dict[int, np.ndarray]:
+        """Integer latent symbols (C, h, w) of each requested level: ``round(y − median)``."""
+        latents = self.model.encode_latents(pad_image(image.rgb, self.model.padding_multiple)[None])
+        return {level: self._quantize(level, latents[level - 1][0]) for level in levels}
+
+    def _quantize(self, level: int, latent: np.ndarray) -> np.ndarray:
+        if not np.all(np.isfinite(latent)):
+            raise CorruptStream(f"the encoder produced non-finite latents at level {level}")
+        medians = self.model.tables[level - 1].medians[:, None, None]
+        return np.rint(latent - medians).astype(np.int32)
+
+    def container_from_symbols(self, image: InputImage, symbols: dict[int, np.ndarray]) -> bytes:
+        """Range-code the symbols and pack them with the image's size, mode and alpha plane."""
+        streams = []
+        for level in sorted(symbols):
+            sym = symbols[level]
+            payload = self.model.coders[level - 1].encode(sym)
+            streams.append(LevelStream(level, sym.shape[0], sym.shape[1], sym.shape[2], payload))
+        alpha = None
+        if image.alpha is not None:
+            alpha = zlib.compress(np.ascontiguousarray(image.alpha, dtype=np.uint8).tobytes(), 9)
+        return pack(Container(self.model_id, image.width, image.height, image.mode, tuple(streams), alpha))
+
+    def compress(self, image: bytes | Image.Image | InputImage, levels: str | int | Iterable[int] | None = None) -> bytes:
+        """One container holding every requested level (default: the finest)."""
+        wanted = parse_levels(levels, self.levels)
+        loaded = self.load_image(image)
+        return self.container_from_symbols(loaded, self.symbols(loaded, wanted))
+
+    # -- decompression ----------------------------------------------------------------------------------
+    def parse(self, data: bytes) -> Container:
+        """Parse ``data`` and check it belongs to the loaded model and matches its latent shapes."""
+        container = unpack(data)
+        if container.model_id != self.model_id:
+            raise UnknownModel(f"stream made by model {container.model_id}; loaded model is {self.model_id}")
+        if container.width * container.height > self.max_pixels:
+            raise ImageTooLarge(f"{container.width}×{container.height} is above the pixel limit {self.max_pixels}")
+        for stream in container.levels:
+            if stream.level > self.levels:
+                raise CorruptStream(f"level {stream.level} does not exist in this model (1..{self.levels})")
+            expected = self.model.latent_shape(stream.level, container.height, container.width)
+            if (stream.channels, stream.height, stream.width) != expected:
+                raise CorruptStream(
+                    f"level {stream.level} latent shape {(stream.channels, stream.height, stream.width)} "
+                    f"does not match {expected} for a {container.width}×{container.height} image"
+                )
+        return container
+
+    def decode_symbols(self, container: Container, level: int | None = None) -> tuple[int, np.ndarray]:
+        """Range-decode one level's symbols; returns (level, symbols (C, h, w))."""
+        stream = container.level(level)
+        symbols = self.model.coders[stream.level - 1].decode(stream.payload, stream.height, stream.width)
+        return stream.level, symbols
+
+    def reconstruct(self, level: int, symbols: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Symbols → decoder → cropped uint8 RGB (height, width, 3)."""
+        medians = self.model.tables[level - 1].medians[:, None, None]
+        latent = (symbols.astype(np.float32) + medians)[None]
+        return to_uint8(self.model.decode_latent(level, latent)[0], height, width)
+
+    def alpha_plane(self, container: Container) -> np.ndarray | None:
+        if container.alpha is None:
+            return None
+        try:
+            raw = zlib.decompress(container.alpha)
+        except zlib.error as error:
+            raise CorruptStream(f"alpha plane: {error}") from error
+        if len(raw) != container.width * container.height:
+            raise CorruptStream("alpha plane size does not match the image")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(container.height, container.width)
+
+    def decompress(self, data: bytes, level: int | None = None) -> Image.Image:
+        """Decode ``level`` (default: the finest in the container) to a Pillow image of the input's size and mode."""
+        container = self.parse(data)
+        if level is not None:
+            level = parse_levels(level, self.levels)[0] if not isinstance(level, int) else level
+        decoded_level, symbols = self.decode_symbols(container, level)
+        alpha = self.alpha_plane(container)
+        rgb = self.reconstruct(decoded_level, symbols, container.height, container.width)
+        return to_pil(rgb, alpha, container.mode)
+
+    def extract(self, data: bytes, level: int | None = None) -> bytes:
+        """Single-level container of ``level`` (default: the finest present); no model run."""
+        return extract_level(data, level)
+
+    def info(self, data: bytes) -> dict:
+        """Header of a container as plain data (does not need the model that made it)."""
+        container = unpack(data)
+        info = container.header_dict(len(data))
+        info["model_loaded"] = container.model_id == self.model_id
+        return info

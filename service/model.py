@@ -1,0 +1,159 @@
+"""Loading an exported artifact folder (``docs/artifacts.md``): manifest, hashes, ONNX sessions, tables."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .entropy_coder import LevelTables, TableCoder, load_tables
+from .errors import ModelLoadError
+
+__all__ = ["LoadedModel", "load_model", "resolve_providers", "default_model_dir"]
+
+SUPPORTED_FORMAT = ("sslic-model", 1)
+
+
+def default_model_dir() -> Path:
+    """``$SSLIC_MODEL_DIR``, else the model installed with the package, else ``models/default`` of the checkout."""
+    configured = os.environ.get("SSLIC_MODEL_DIR")
+    if configured:
+        return Path(configured)
+    try:
+        from importlib.resources import files
+
+        packaged = Path(str(files("sslic_models") / "default"))
+        if (packaged / "manifest.json").is_file():
+            return packaged
+    except (ImportError, ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+def resolve_providers(requested: list[str] | None = None) -> list[str]:
+    """ONNX Runtime providers to use: ``requested`` filtered to those available (CPU always last), or
+    CUDA first when ``onnxruntime-gpu`` sees a GPU, else CPU."""
+    available = ort.get_available_providers()
+    if requested:
+        unknown = [p for p in requested if p not in available]
+        if unknown:
+            raise ModelLoadError(f"providers {unknown} are not available (available: {available})")
+        chosen = list(requested)
+    else:
+        chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """Everything the codec needs from one artifact folder."""
+
+    directory: Path
+    manifest: dict
+    encoder: ort.InferenceSession
+    decoders: dict[int, ort.InferenceSession]
+    tables: list[LevelTables]
+    coders: list[TableCoder]
+    providers: list[str]
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def levels(self) -> int:
+        return int(self.manifest["levels"])
+
+    @property
+    def padding_multiple(self) -> int:
+        return int(self.manifest["padding_multiple"])
+
+    @property
+    def strides(self) -> list[int]:
+        return [int(s) for s in self.manifest["strides"]]
+
+    @property
+    def latent_channels(self) -> list[int]:
+        return [int(c) for c in self.manifest["latent_channels"]]
+
+    def latent_shape(self, level: int, height: int, width: int) -> tuple[int, int, int]:
+        """(C, h, w) of level ``level``'s latent for an image of ``height`` × ``width`` pixels."""
+        multiple = self.padding_multiple
+        padded_h = -(-height // multiple) * multiple
+        padded_w = -(-width // multiple) * multiple
+        stride = self.strides[level - 1]
+        return self.latent_channels[level - 1], padded_h // stride, padded_w // stride
+
+    def encode_latents(self, images: np.ndarray) -> list[np.ndarray]:
+        """Padded images (B, 3, H, W) float32 in [0, 1] → latents of every level (level 1 first)."""
+        return self.encoder.run(None, {"image": images})
+
+    def decode_latent(self, level: int, latent: np.ndarray) -> np.ndarray:
+        """ŷ (B, C, h, w) float32 → x̂ (B, 3, H, W) float32, unclamped."""
+        return self.decoders[level].run(None, {"latent": latent})[0]
+
+
+def load_model(
+    directory: str | Path,
+    providers: list[str] | None = None,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 1,
+    verify_hashes: bool = True,
+) -> LoadedModel:
+    """Load and check an artifact folder; raises :class:`ModelLoadError` with the reason."""
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise ModelLoadError(f"no manifest.json in {directory}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot read {manifest_path}: {error}") from error
+    if (manifest.get("format"), manifest.get("format_version")) != SUPPORTED_FORMAT:
+        raise ModelLoadError(
+            f"{manifest_path}: format {manifest.get('format')} v{manifest.get('format_version')}, "
+            f"this runtime reads {SUPPORTED_FORMAT[0]} v{SUPPORTED_FORMAT[1]}"
+        )
+    files: dict[str, str] = manifest.get("files", {})
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise ModelLoadError(f"{directory}: missing {name}")
+        if verify_hashes and _sha256(path) != expected:
+            raise ModelLoadError(f"{directory}: {name} does not match its sha256 in the manifest")
+    model_id = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(files.items())).encode()).hexdigest()[:32]
+    if model_id != manifest.get("model_id"):
+        raise ModelLoadError(f"{directory}: the model id does not match the file hashes")
+
+    chosen = resolve_providers(providers)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(intra_op_threads)
+    options.inter_op_num_threads = int(inter_op_threads)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    levels = int(manifest["levels"])
+    try:
+        encoder = ort.InferenceSession(str(directory / manifest["encoder"]), options, providers=chosen)
+        decoders = {
+            level: ort.InferenceSession(str(directory / manifest["decoders"][str(level)]), options, providers=chosen)
+            for level in range(1, levels + 1)
+        }
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ModelLoadError(f"{directory}: ONNX Runtime cannot load the graphs: {error}") from error
+    tables = load_tables(directory / manifest["entropy_tables"], levels, [int(c) for c in manifest["latent_channels"]])
+    coders = [TableCoder(table) for table in tables]
+    return LoadedModel(directory, manifest, encoder, decoders, tables, coders, encoder.get_providers())

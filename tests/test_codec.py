@@ -1,0 +1,220 @@
+"""The torch-free codec on the shipped model: real images, exact symbol round trips, image modes and
+sizes, typed errors, and a fuzz test through the whole decoder."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.bitstream import pack, unpack
+from service.codec import Codec, parse_levels
+from service.errors import (
+    ImageTooLarge,
+    InvalidParameter,
+    LevelNotInStream,
+    SslicError,
+    UndecodableImage,
+    UnknownModel,
+    UnsupportedImageType,
+)
+from tests.test_bitstream import mutate
+
+REPO = Path(__file__).resolve().parents[1]
+KODAK = REPO.parent / "shared" / "data" / "kodak"
+VAL = REPO.parent / "shared" / "data" / "val"
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec.from_dir(REPO / "models" / "default", threads=1)
+
+
+def _png(image: Image.Image, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **params)
+    return buffer.getvalue()
+
+
+def _photo(size=(96, 80)) -> Image.Image:
+    path = sorted(VAL.glob("*.png"))[0]
+    with Image.open(path) as image:
+        return image.convert("RGB").crop((200, 200, 200 + size[0], 200 + size[1]))
+
+
+def test_parse_levels():
+    assert parse_levels("all", 4) == [1, 2, 3, 4]
+    assert parse_levels("3,1,3", 4) == [1, 3]
+    assert parse_levels(None, 4) == [4]
+    assert parse_levels(2, 4) == [2]
+    for bad in ("0", "5", "1,x", "", "two"):
+        with pytest.raises(InvalidParameter):
+            parse_levels(bad, 4)
+
+
+def test_symbols_survive_range_coding_exactly(codec):
+    image = codec.load_image(_png(_photo((200, 136))))
+    symbols = codec.symbols(image, [1, 2, 3, 4])
+    container = codec.parse(codec.container_from_symbols(image, symbols))
+    for level in range(1, 5):
+        decoded_level, decoded = codec.decode_symbols(container, level)
+        assert decoded_level == level
+        np.testing.assert_array_equal(decoded, symbols[level])
+
+
+def test_multi_level_container_equals_single_level_ones(codec):
+    data = _png(_photo())
+    both = codec.compress(data, "1,3")
+    assert codec.extract(both, 3) == codec.compress(data, 3)
+    assert codec.extract(both, 1) == codec.compress(data, 1)
+    with pytest.raises(LevelNotInStream):
+        codec.decompress(both, level=2)
+
+
+def test_compression_is_deterministic(codec):
+    data = _png(_photo())
+    assert codec.compress(data, "all") == codec.compress(data, "all")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 37), (65, 1), (63, 65), (130, 70)])
+def test_any_size_round_trips_to_the_same_size(codec, size):
+    image = _photo((max(size[0], 1), max(size[1], 1)))
+    out = codec.decompress(codec.compress(_png(image), "all"), level=1)
+    assert out.size == image.size and out.mode == "RGB"
+
+
+def test_modes_alpha_and_grey(codec):
+    rgba = _photo().convert("RGBA")
+    alpha = np.tile(np.arange(96, dtype=np.uint8) * 2, (80, 1))
+    rgba.putalpha(Image.fromarray(alpha))
+    out = codec.decompress(codec.compress(_png(rgba), 2))
+    assert out.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(out)[:, :, 3], alpha)
+
+    grey = _photo().convert("L")
+    out = codec.decompress(codec.compress(_png(grey), 4))
+    assert out.mode == "L" and out.size == grey.size
+
+    la = Image.merge("LA", (grey, Image.fromarray(alpha)))
+    out = codec.decompress(codec.compress(_png(la), 1))
+    assert out.mode == "LA"
+    np.testing.assert_array_equal(np.asarray(out)[:, :, 1], alpha)
+
+    palette = _photo().quantize(16)
+    palette.info["transparency"] = 0
+    out = codec.decompress(codec.compress(_png(palette, transparency=0), 1))
+    assert out.mode == "RGBA" and out.size == palette.size
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(codec):
+    ramp = (np.tile(np.linspace(0, 65535, 96), (80, 1))).astype(np.uint16)
+    image = Image.fromarray(ramp)
+    loaded = codec.load_image(_png(image))
+    assert loaded.mode == "L"
+    assert loaded.rgb[:, -1, 0].min() == 255 and loaded.rgb[:, 0, 0].max() == 0
+    assert 120 < loaded.rgb[0, 48, 0] < 136
+
+
+def test_cmyk_jpeg_and_gif_and_exif_orientation(codec):
+    buffer = io.BytesIO()
+    _photo().convert("CMYK").save(buffer, format="JPEG", quality=95)
+    assert codec.load_image(buffer.getvalue()).rgb.shape == (80, 96, 3)
+
+    buffer = io.BytesIO()
+    frames = [_photo().quantize(8), _photo((96, 80)).rotate(90).quantize(8)]
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert codec.load_image(buffer.getvalue()).rgb.shape == (80, 96, 3)
+
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    _photo().save(buffer, format="JPEG", exif=exif)
+    loaded = codec.load_image(buffer.getvalue())
+    assert loaded.rgb.shape == (96, 80, 3)
+    out = codec.decompress(codec.compress(buffer.getvalue(), 1))
+    assert out.size == (80, 96)
+
+
+def test_bad_images_give_typed_errors(codec):
+    with pytest.raises(UnsupportedImageType):
+        codec.compress(b"this is text, not an image")
+    with pytest.raises(UndecodableImage):
+        codec.compress(b"")
+    truncated = _png(_photo())[:200]
+    with pytest.raises(UndecodableImage):
+        codec.compress(truncated)
+    with pytest.raises(UnsupportedImageType):
+        codec.compress(b"%PDF-1.4\n" + b"0" * 100)
+
+
+def test_pixel_limit_is_checked_before_decoding(codec):
+    small = Codec(codec.model, max_pixels=1000)
+    with pytest.raises(ImageTooLarge):
+        small.compress(_png(_photo()))
+    # a PNG whose header claims 30000×30000 pixels: refused without decoding 900 M pixels
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(ImageTooLarge):
+        codec.compress(bomb)
+
+
+def test_stream_of_another_model_is_refused(codec):
+    container = unpack(codec.compress(_png(_photo()), 1))
+    foreign = pack(type(container)("ff" * 16, container.width, container.height, container.mode, container.levels))
+    with pytest.raises(UnknownModel):
+        codec.decompress(foreign)
+
+
+def test_fuzz_decompress_never_escapes_typed_errors(codec):
+    """Random defects in real containers, then random payload bytes behind a valid CRC."""
+    rng = random.Random(7)
+    original = codec.compress(_png(_photo((64, 64))), "1,2")
+    for _ in range(2000):
+        mutated = mutate(original, rng)
+        try:
+            codec.decompress(mutated)
+        except SslicError:
+            continue
+    body_end = len(original) - 4
+    header_end = 32 + 2 * 11
+    outcomes = set()
+    for _ in range(150):
+        body = bytearray(original[:body_end])
+        for _ in range(rng.randint(1, 6)):
+            body[rng.randrange(header_end, body_end)] = rng.randrange(256)
+        forged = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+        try:
+            image = codec.decompress(forged, level=rng.choice([1, 2]))
+            assert image.size == (64, 64)
+            outcomes.add("decoded")
+        except SslicError as error:
+            outcomes.add(error.code)
+    # forged payloads reach the range decoder: some decode to some image, others are caught there
+    assert {"decoded", "trailing_data"} <= outcomes
+
+
+def test_service_never_imports_torch():
+    code = (
+        "import sys, service, service.cli, service.codec, service.model, service.bitstream, "
+        "service.entropy_coder, service.imageio; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+    for path in (REPO / "service").rglob("*.py"):
+        text = path.read_text()
+        assert "import torch" not in text and "from torch" not in text, path

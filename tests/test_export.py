@@ -1,0 +1,132 @@
+"""ONNX export: parity with PyTorch, dynamic shapes, shared weights stored once, manifest hashes, and the
+shipped model against its checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from model_export.checkpoint import load_codec_checkpoint
+from model_export.export import export_model
+from model_export.model import SSLIC, pad_to_multiple
+from service.codec import Codec, pad_image
+from service.errors import ModelLoadError
+from service.model import load_model
+from tests.conftest import tiny_model_config
+
+REPO = Path(__file__).resolve().parents[1]
+VAL = REPO.parent / "shared" / "data" / "val"
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    torch.manual_seed(0)
+    model = SSLIC(tiny_model_config(attention="both"), load_backbone_weights=False).eval()
+    for module in model.modules():  # make the attention branches matter
+        if hasattr(module, "gamma"):
+            module.gamma.data.fill_(0.5)
+    out = tmp_path_factory.mktemp("tiny_export")
+    manifest = export_model(model, out, summary={"name": "tiny"})
+    return model, out, manifest
+
+
+def _image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    path = sorted(VAL.glob("*.png"))[seed]
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"))[:height, :width]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.mark.parametrize("size", [(64, 96), (128, 64)])
+def test_onnx_matches_pytorch_at_several_sizes(tiny_export, size):
+    model, out, _ = tiny_export
+    runtime = load_model(out, intra_op_threads=1)
+    x = pad_to_multiple(_image(*size), model.padding_multiple)
+    latents = runtime.encode_latents(x.numpy())
+    with torch.no_grad():
+        expected = model.encoder(x)
+        for level, (got, want) in enumerate(zip(latents, expected), start=1):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+            y_hat = torch.round(want)
+            np.testing.assert_allclose(
+                runtime.decode_latent(level, y_hat.numpy()), model.decoder(y_hat, level).numpy(), atol=1e-4, rtol=1e-4
+            )
+
+
+def test_batch_dimension_is_dynamic(tiny_export):
+    model, out, _ = tiny_export
+    runtime = load_model(out, intra_op_threads=1)
+    x = torch.cat([_image(64, 64, 0), _image(64, 64, 1)])
+    latents = runtime.encode_latents(x.numpy())
+    assert latents[0].shape[0] == 2
+    assert runtime.decode_latent(1, np.round(latents[0])).shape == (2, 3, 64, 64)
+
+
+def test_manifest_and_shared_weights(tiny_export):
+    model, out, manifest = tiny_export
+    assert manifest["levels"] == 3 and manifest["strides"] == model.level_strides()
+    assert manifest["padding_multiple"] == model.padding_multiple
+    assert set(manifest["files"]) == {
+        "encoder.onnx", "decoder_level1.onnx", "decoder_level2.onnx", "decoder_level3.onnx",
+        "weights.bin", "entropy_tables.npz",
+    }
+    assert len(manifest["model_id"]) == 32
+    parameters = sum(p.numel() for p in model.parameters())
+    # every parameter once (fp16 or fp32), although the three decoder graphs all use the trunk
+    assert (out / "weights.bin").stat().st_size < 4 * parameters * 1.1
+    for name in ("encoder.onnx", "decoder_level1.onnx"):
+        proto = onnx.load(str(out / name), load_external_data=False)
+        assert proto.opset_import[0].version >= 17
+        onnx.checker.check_model(str(out / name))
+
+
+def test_export_is_reproducible(tiny_export, tmp_path):
+    model, _, manifest = tiny_export
+    again = export_model(model, tmp_path, summary={"name": "tiny"})
+    assert again["model_id"] == manifest["model_id"]
+
+
+def test_tampered_artifacts_are_refused(tiny_export, tmp_path):
+    _, out, _ = tiny_export
+    for path in out.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    tables = tmp_path / "entropy_tables.npz"
+    data = bytearray(tables.read_bytes())
+    data[-10] ^= 0xFF
+    tables.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError):
+        load_model(tmp_path)
+    with pytest.raises(ModelLoadError):
+        load_model(tmp_path / "missing")
+
+
+def test_shipped_model_matches_its_checkpoint():
+    """models/default is the export of checkpoints/sslic_default.pt: latents and images agree."""
+    manifest = json.loads((REPO / "models" / "default" / "manifest.json").read_text())
+    model, _config, summary = load_codec_checkpoint(REPO / "checkpoints" / "sslic_default.pt")
+    model.eval()
+    assert manifest["training"]["step"] == summary["step"]
+    codec = Codec.from_dir(REPO / "models" / "default", threads=2)
+    x = _image(512, 768)
+    padded = torch.from_numpy(pad_image((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), 64))[None]
+    latents = codec.model.encode_latents(padded.numpy())
+    with torch.no_grad():
+        expected = model.encoder(padded)
+    mismatched = total = 0
+    for level, (got, want) in enumerate(zip(latents, expected), start=1):
+        np.testing.assert_allclose(got, want.numpy(), atol=2e-3, rtol=0)
+        medians = model.entropy[level - 1].medians().numpy()
+        mismatched += int((np.rint(got - medians) != torch.round(want - torch.from_numpy(medians)).numpy()).sum())
+        total += got.size
+    assert mismatched / total < 1e-4
+    with torch.no_grad():
+        y_hat = torch.round(expected[-1] - model.entropy[-1].medians()) + model.entropy[-1].medians()
+        np.testing.assert_allclose(
+            codec.model.decode_latent(4, y_hat.numpy()), model.decoder(y_hat, 4).numpy(), atol=1e-3, rtol=0
+        )

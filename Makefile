@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test train simclr clean
+.PHONY: setup test train simclr export evaluate bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ simclr: setup
 
 train: setup
 	$(PY) -m model_export.train --config configs/default.yaml --resume
+
+export: setup
+	$(PY) -m model_export.export checkpoints/sslic_default.pt models/default
+
+evaluate: setup
+	$(PY) -m model_export.evaluate --model-dir models/default --out docs/results
+
+bench: setup
+	$(PY) bench/bench_codecs.py --model-dir models/default --checkpoint checkpoints/sslic_default.pt
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -34,6 +34,8 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
+from service.model import file_sha256, model_id_for
+
 from .checkpoint import load_codec_checkpoint
 from .freeze import DEFAULT_PRECISION, FrozenTables, freeze_bottleneck, save_tables
 from .model import SSLIC
@@ -149,14 +151,6 @@ class _SharedWeights:
                 entry.key, entry.value = k, v
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_model(
     model: SSLIC,
     out_dir: str | Path,
@@ -196,8 +190,8 @@ def export_model(
     save_tables(out / "entropy_tables.npz", tables)
 
     files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
-    hashes = {name: _sha256(out / name) for name in files}
-    model_id = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in hashes.items()).encode()).hexdigest()[:32]
+    hashes = {name: file_sha256(out / name) for name in files}
+    model_id = model_id_for(hashes)
     strides = model.level_strides()
     summary = summary or {}
     manifest = {

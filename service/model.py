@@ -14,7 +14,7 @@ import onnxruntime as ort
 from .entropy_coder import LevelTables, TableCoder, load_tables
 from .errors import ModelLoadError
 
-__all__ = ["LoadedModel", "load_model", "resolve_providers", "default_model_dir"]
+__all__ = ["LoadedModel", "load_model", "resolve_providers", "default_model_dir", "file_sha256", "model_id_for"]
 
 SUPPORTED_FORMAT = ("sslic-model", 1)
 
@@ -51,12 +51,18 @@ def resolve_providers(requested: list[str] | None = None) -> list[str]:
     return chosen
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def model_id_for(hashes: dict[str, str]) -> str:
+    """The model id: first 32 hex digits of sha256 over ``name:sha256`` lines sorted by file name."""
+    return hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(hashes.items())).encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -134,10 +140,9 @@ def load_model(
         path = directory / name
         if not path.is_file():
             raise ModelLoadError(f"{directory}: missing {name}")
-        if verify_hashes and _sha256(path) != expected:
+        if verify_hashes and file_sha256(path) != expected:
             raise ModelLoadError(f"{directory}: {name} does not match its sha256 in the manifest")
-    model_id = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(files.items())).encode()).hexdigest()[:32]
-    if model_id != manifest.get("model_id"):
+    if model_id_for(files) != manifest.get("model_id"):
         raise ModelLoadError(f"{directory}: the model id does not match the file hashes")
 
     chosen = resolve_providers(providers)

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print a container's header as JSON")
     info.add_argument("input", help="container file; '-' for stdin")
 
+    serve = commands.add_parser("serve", help="run the HTTP service (settings from SSLIC_* environment variables)")
+    serve.add_argument("--host", default=None, help="default: $SSLIC_HOST or 0.0.0.0")
+    serve.add_argument("--port", type=int, default=None, help="default: $SSLIC_PORT or 8000")
+
     extract = commands.add_parser("extract", help="copy one level of a multi-level container (no model run)")
     extract.add_argument("input")
     extract.add_argument("output")
@@ -80,7 +84,35 @@ def _codec(args: argparse.Namespace) -> Codec:
     return Codec.from_dir(args.model_dir, providers=providers, threads=args.threads, max_pixels=args.max_pixels)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .settings import Settings
+
+    overrides = {
+        "model_dir": args.model_dir,
+        "threads": args.threads or None,
+        "providers": args.providers,
+        "max_pixels": args.max_pixels if args.max_pixels != DEFAULT_MAX_PIXELS else None,
+        "host": args.host,
+        "port": args.port,
+    }
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    # one worker process per container: scale with replicas (docs/deploy.md), not --workers
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "extract":
         _write(args.output, extract_level(_read(args.input), args.level))
         return 0

@@ -103,9 +103,10 @@ class Codec:
     def symbols(self, image: InputImage, levels: Sequence[int]) -> dict[int, np.ndarray]:
         """Integer latent symbols (C, h, w) of each requested level: ``round(y − median)``."""
         latents = self.model.encode_latents(pad_image(image.rgb, self.model.padding_multiple)[None])
-        return {level: self._quantize(level, latents[level - 1][0]) for level in levels}
+        return {level: self.quantize(level, latents[level - 1][0]) for level in levels}
 
-    def _quantize(self, level: int, latent: np.ndarray) -> np.ndarray:
+    def quantize(self, level: int, latent: np.ndarray) -> np.ndarray:
+        """Encoder output (C, h, w) of ``level`` → int32 symbols ``round(y − median)``."""
         if not np.all(np.isfinite(latent)):
             raise CorruptStream(f"the encoder produced non-finite latents at level {level}")
         medians = self.model.tables[level - 1].medians[:, None, None]
@@ -154,11 +155,13 @@ class Codec:
         symbols = self.model.coders[stream.level - 1].decode(stream.payload, stream.height, stream.width)
         return stream.level, symbols
 
+    def dequantize(self, level: int, symbols: np.ndarray) -> np.ndarray:
+        """Symbols (C, h, w) → the decoder's input ŷ = symbol + median, float32."""
+        return symbols.astype(np.float32) + self.model.tables[level - 1].medians[:, None, None]
+
     def reconstruct(self, level: int, symbols: np.ndarray, height: int, width: int) -> np.ndarray:
         """Symbols → decoder → cropped uint8 RGB (height, width, 3)."""
-        medians = self.model.tables[level - 1].medians[:, None, None]
-        latent = (symbols.astype(np.float32) + medians)[None]
-        return to_uint8(self.model.decode_latent(level, latent)[0], height, width)
+        return to_uint8(self.model.decode_latent(level, self.dequantize(level, symbols)[None])[0], height, width)
 
     def alpha_plane(self, container: Container) -> np.ndarray | None:
         if container.alpha is None:

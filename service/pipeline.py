@@ -1,0 +1,205 @@
+"""The request pipeline of the HTTP service: CPU-bound steps in worker threads, model runs through the
+dynamic batcher, per-stage timings into the metrics. Nothing here runs CPU work on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from .batching import DynamicBatcher, QueueTimeout
+from .bitstream import Container, extract_level
+from .codec import Codec, pad_image, parse_levels, to_uint8
+from .errors import InvalidParameter, SslicError
+from .imageio import InputImage, encode_image, to_pil
+from .metrics import Metrics
+from .settings import Settings
+
+__all__ = ["CodecService", "CompressResult", "TargetUnreachable", "MEDIA_TYPES"]
+
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "jpg": "image/jpeg"}
+
+
+class TargetUnreachable(SslicError):
+    """No level of the model meets the requested target_bpp / target_psnr for this image."""
+
+    code = "target_unreachable"
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    data: bytes
+    levels: list[int]
+    width: int
+    height: int
+    psnr: float | None = None
+
+    @property
+    def bpp(self) -> float:
+        return len(self.data) * 8 / (self.width * self.height)
+
+
+class _Timer:
+    def __init__(self, metrics: Metrics, stage: str):
+        self.histogram = metrics.stage.labels(stage)
+
+    def __enter__(self) -> "_Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.histogram.observe(time.perf_counter() - self.start)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+class CodecService:
+    """The codec behind the HTTP API: one batcher for the encoder and every decoder level."""
+
+    def __init__(self, codec: Codec, settings: Settings, metrics: Metrics):
+        self.codec = codec
+        self.settings = settings
+        self.metrics = metrics
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            max_batch=settings.max_batch,
+            max_delay_s=settings.max_queue_delay_ms / 1000.0,
+            queue_size=settings.queue_size,
+            observe_batch=lambda key, size: metrics.batch_size.labels(key[0]).observe(size),
+        )
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # -- model runs (worker thread) -----------------------------------------------------------------------
+    def _run_batch(self, key: Hashable, payloads: Sequence[np.ndarray]) -> list:
+        graph = key[0]
+        batch = np.stack(payloads)
+        if graph == "encoder":
+            with _Timer(self.metrics, "encoder"):
+                latents = self.codec.model.encode_latents(batch)
+            return [[latent[i] for latent in latents] for i in range(len(payloads))]
+        level = key[1]
+        with _Timer(self.metrics, "decoder"):
+            images = self.codec.model.decode_latent(level, batch)
+        return [images[i] for i in range(len(payloads))]
+
+    async def _model(self, key: Hashable, payload: np.ndarray, deadline: float):
+        self.metrics.queue_depth.set(self.batcher.depth + 1)
+        future = self.batcher.submit(key, payload)
+        self.metrics.queue_depth.set(self.batcher.depth)
+        remaining = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(remaining, 0.001))
+        except asyncio.TimeoutError as error:
+            future.cancel()
+            raise QueueTimeout(
+                f"the request did not get through the model within {self.settings.request_timeout_s:g} s"
+            ) from error
+        finally:
+            self.metrics.queue_depth.set(self.batcher.depth)
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.settings.request_timeout_s
+
+    # -- compress -----------------------------------------------------------------------------------------
+    async def compress(
+        self,
+        body: bytes,
+        level: str | None = None,
+        target_bpp: float | None = None,
+        target_psnr: float | None = None,
+    ) -> CompressResult:
+        deadline = self._deadline()
+        if sum(x is not None for x in (level, target_bpp, target_psnr)) > 1:
+            raise InvalidParameter("give at most one of level, target_bpp and target_psnr")
+        if target_bpp is not None and not target_bpp > 0:
+            raise InvalidParameter("target_bpp must be a positive number")
+        if target_psnr is not None and not 0 < target_psnr < 200:
+            raise InvalidParameter("target_psnr must be in (0, 200) dB")
+        levels = parse_levels(level, self.codec.levels)
+        if target_bpp is not None or target_psnr is not None:
+            levels = list(range(1, self.codec.levels + 1))
+
+        with _Timer(self.metrics, "decode_input"):
+            image = await run_in_threadpool(self.codec.load_image, body)
+        padded = await run_in_threadpool(pad_image, image.rgb, self.codec.model.padding_multiple)
+        latents = await self._model(("encoder", padded.shape[1], padded.shape[2]), padded, deadline)
+        with _Timer(self.metrics, "range_coding"):
+            symbols = await run_in_threadpool(
+                lambda: {lv: self.codec.quantize(lv, latents[lv - 1]) for lv in levels}
+            )
+        if target_bpp is not None:
+            result = await self._fit_bpp(image, symbols, target_bpp)
+        elif target_psnr is not None:
+            result = await self._fit_psnr(image, symbols, target_psnr, deadline)
+        else:
+            with _Timer(self.metrics, "range_coding"):
+                data = await run_in_threadpool(self.codec.container_from_symbols, image, symbols)
+            result = CompressResult(data, levels, image.width, image.height)
+        if len(result.levels) == 1:
+            self.metrics.bpp.labels(str(result.levels[0])).observe(result.bpp)
+        return result
+
+    async def _fit_bpp(self, image: InputImage, symbols: dict[int, np.ndarray], target: float) -> CompressResult:
+        with _Timer(self.metrics, "range_coding"):
+            containers = await run_in_threadpool(
+                lambda: {lv: self.codec.container_from_symbols(image, {lv: s}) for lv, s in symbols.items()}
+            )
+        pixels = image.width * image.height
+        fitting = [lv for lv, data in containers.items() if len(data) * 8 / pixels <= target]
+        if not fitting:
+            smallest = len(containers[1]) * 8 / pixels
+            raise TargetUnreachable(f"no level fits {target:g} bpp; the smallest (level 1) takes {smallest:.4f} bpp")
+        chosen = max(fitting)
+        return CompressResult(containers[chosen], [chosen], image.width, image.height)
+
+    async def _fit_psnr(
+        self, image: InputImage, symbols: dict[int, np.ndarray], target: float, deadline: float
+    ) -> CompressResult:
+        best = float("-inf")
+        for lv in sorted(symbols):
+            decoded = await self._decode_pixels(lv, symbols[lv], image.height, image.width, deadline)
+            quality = _psnr(decoded, image.rgb)
+            best = max(best, quality)
+            if quality >= target:
+                with _Timer(self.metrics, "range_coding"):
+                    data = await run_in_threadpool(self.codec.container_from_symbols, image, {lv: symbols[lv]})
+                return CompressResult(data, [lv], image.width, image.height, quality)
+        raise TargetUnreachable(f"no level reaches {target:g} dB on this image; the finest gives {best:.2f} dB")
+
+    async def _decode_pixels(self, level: int, symbols: np.ndarray, height: int, width: int, deadline: float):
+        latent = await run_in_threadpool(self.codec.dequantize, level, symbols)
+        x_hat = await self._model(("decoder", level, latent.shape[1], latent.shape[2]), latent, deadline)
+        return await run_in_threadpool(to_uint8, x_hat, height, width)
+
+    # -- decompress / extract -----------------------------------------------------------------------------
+    async def decompress(self, body: bytes, level: int | None, fmt: str) -> tuple[bytes, str, Container, int]:
+        deadline = self._deadline()
+        key = fmt.lower()
+        if key not in MEDIA_TYPES:
+            raise InvalidParameter(f"format must be png, webp or jpeg, got {fmt!r}")
+
+        def parse_and_decode():
+            container = self.codec.parse(body)
+            decoded_level, symbols = self.codec.decode_symbols(container, level)
+            return container, decoded_level, symbols, self.codec.alpha_plane(container)
+
+        with _Timer(self.metrics, "range_coding"):
+            container, decoded_level, symbols, alpha = await run_in_threadpool(parse_and_decode)
+        if key in ("jpeg", "jpg") and container.mode in ("RGBA", "LA"):
+            raise InvalidParameter("JPEG cannot hold the image's alpha channel; ask for png or webp")
+        rgb = await self._decode_pixels(decoded_level, symbols, container.height, container.width, deadline)
+        with _Timer(self.metrics, "encode_output"):
+            data = await run_in_threadpool(lambda: encode_image(to_pil(rgb, alpha, container.mode), key))
+        return data, MEDIA_TYPES[key], container, decoded_level
+
+    async def extract(self, body: bytes, level: int | None) -> bytes:
+        return await run_in_threadpool(extract_level, body, level)

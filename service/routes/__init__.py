@@ -1,0 +1,1 @@
+"""HTTP routers, one per concern: the codec endpoints and the operational ones."""

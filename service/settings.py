@@ -1,0 +1,43 @@
+"""Service settings, all from environment variables with the ``SSLIC_`` prefix (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .codec import DEFAULT_MAX_PIXELS
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """``SSLIC_MODEL_DIR``, ``SSLIC_PROVIDERS`` (comma list), ``SSLIC_THREADS``, ``SSLIC_MAX_BATCH``, …"""
+
+    model_config = SettingsConfigDict(env_prefix="SSLIC_", protected_namespaces=(), extra="ignore")
+
+    model_dir: Path | None = Field(None, description="artifact folder; default: the shipped model")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="ONNX Runtime providers, comma separated; empty: CUDA if present, else CPU"
+    )
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core)")
+    max_batch: int = Field(4, ge=1, le=64, description="largest batch the encoder or a decoder runs")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, le=10_000, description="how long the oldest request may wait for a batch to fill (0: never waits)"
+    )
+    queue_size: int = Field(64, ge=1, description="requests waiting for the model at most; more get 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request still waiting for the model then gets 503")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images get 422 (checked before decoding)")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

@@ -1,0 +1,254 @@
+"""The HTTP service through the real app (lifespan included) with the shipped model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.bitstream import Container, pack, unpack
+from service.codec import Codec
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+KODAK = REPO.parent / "shared" / "data" / "kodak"
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec.from_dir(REPO / "models" / "default", threads=2)
+
+
+def _settings(**overrides) -> Settings:
+    return Settings(model_dir=REPO / "models" / "default", **overrides)
+
+
+@pytest.fixture()
+def client(codec):
+    with TestClient(create_app(_settings(), codec=codec)) as test_client:
+        yield test_client
+
+
+def _png(size=(96, 64), index: int = 1) -> bytes:
+    with Image.open(KODAK / f"kodim{index:02d}.png") as image:
+        crop = image.convert("RGB").crop((100, 100, 100 + size[0], 100 + size[1]))
+    buffer = io.BytesIO()
+    crop.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_round_trip_at_every_level(client, codec):
+    image = (KODAK / "kodim05.png").read_bytes()
+    response = client.post("/compress?level=all", content=image, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200
+    assert response.headers["X-SSLIC-Levels"] == "1,2,3,4"
+    assert response.headers["X-SSLIC-Model-Id"] == codec.model_id
+    assert int(response.headers["X-SSLIC-Bytes"]) == len(response.content)
+    assert response.content == codec.compress(image, "all")
+    container = response.content
+    original = np.asarray(Image.open(KODAK / "kodim05.png").convert("RGB"))
+    qualities = []
+    for level in range(1, 5):
+        decoded = client.post(f"/decompress?level={level}", content=container)
+        assert decoded.status_code == 200 and decoded.headers["content-type"] == "image/png"
+        assert decoded.headers["X-SSLIC-Level"] == str(level)
+        pixels = np.asarray(Image.open(io.BytesIO(decoded.content)))
+        assert pixels.shape == original.shape
+        qualities.append(10 * np.log10(255**2 / np.mean((pixels.astype(float) - original) ** 2)))
+        single = client.post(f"/extract?level={level}", content=container)
+        assert single.status_code == 200 and unpack(single.content).level_numbers == [level]
+    assert all(a < b for a, b in zip(qualities, qualities[1:])), qualities
+
+
+def test_multipart_and_output_formats(client):
+    response = client.post("/compress?level=2", files={"file": ("crop.png", _png(), "image/png")})
+    assert response.status_code == 200
+    for fmt, media in (("webp", "image/webp"), ("jpeg", "image/jpeg")):
+        decoded = client.post(f"/decompress?format={fmt}", files={"file": ("x.sslc", response.content)})
+        assert decoded.status_code == 200 and decoded.headers["content-type"] == media
+        assert Image.open(io.BytesIO(decoded.content)).size == (96, 64)
+
+
+def test_alpha_is_restored_over_http(client):
+    image = Image.open(io.BytesIO(_png())).convert("RGBA")
+    alpha = np.tile(np.arange(96, dtype=np.uint8), (64, 1))
+    image.putalpha(Image.fromarray(alpha))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    container = client.post("/compress?level=1", content=buffer.getvalue()).content
+    decoded = Image.open(io.BytesIO(client.post("/decompress", content=container).content))
+    assert decoded.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(decoded)[:, :, 3], alpha)
+    assert client.post("/decompress?format=jpeg", content=container).status_code == 400
+
+
+def test_targets_pick_levels_measured_on_the_image(client, codec):
+    image = (KODAK / "kodim03.png").read_bytes()
+    sizes = {lv: len(codec.compress(image, lv)) * 8 / (768 * 512) for lv in range(1, 5)}
+    budget = (sizes[2] + sizes[3]) / 2
+    response = client.post(f"/compress?target_bpp={budget}", content=image)
+    assert response.status_code == 200 and response.headers["X-SSLIC-Levels"] == "2"
+    assert float(response.headers["X-SSLIC-BPP"]) <= budget
+    too_small = client.post(f"/compress?target_bpp={sizes[1] / 2}", content=image)
+    assert too_small.status_code == 422 and too_small.json()["error"] == "target_unreachable"
+
+    response = client.post("/compress?target_psnr=10", content=image)
+    assert response.status_code == 200 and response.headers["X-SSLIC-Levels"] == "1"
+    assert float(response.headers["X-SSLIC-PSNR"]) >= 10
+    assert client.post("/compress?target_psnr=99", content=image).status_code == 422
+
+
+def test_error_statuses(client, codec):
+    def check(response, status, code):
+        assert response.status_code == status, response.text
+        assert response.json()["error"] == code
+        assert "detail" in response.json()
+
+    image = _png()
+    check(client.post("/compress?level=0", content=image), 400, "invalid_parameter")
+    check(client.post("/compress?level=abc", content=image), 400, "invalid_parameter")
+    check(client.post("/compress?target_bpp=x", content=image), 400, "invalid_parameter")
+    check(client.post("/compress?level=1&target_bpp=0.5", content=image), 400, "invalid_parameter")
+    check(client.post("/compress", content=b""), 400, "invalid_parameter")
+    check(client.post("/compress", files={"other": ("a.png", image)}), 400, "invalid_parameter")
+    check(client.post("/compress", content=b"hello", headers={"Content-Type": "text/plain"}), 415, "unsupported_image_type")
+    check(client.post("/compress", content=b"%PDF-1.4 not an image", headers={"Content-Type": "image/png"}), 415, "unsupported_image_type")
+    check(client.post("/compress", content=image[:100], headers={"Content-Type": "image/png"}), 422, "undecodable_image")
+    container = client.post("/compress?level=1,2", content=image).content
+    check(client.post("/decompress?level=3", content=container), 400, "level_not_in_stream")
+    check(client.post("/decompress?format=gif", content=container), 400, "invalid_parameter")
+    check(client.post("/decompress", content=container[:-7]), 422, "truncated_stream")
+    corrupted = bytearray(container)
+    corrupted[60] ^= 0xFF
+    check(client.post("/decompress", content=bytes(corrupted)), 422, "checksum_mismatch")
+    check(client.post("/decompress", content=b"RIFFxxxxWEBP"), 422, "bad_magic")
+    parsed = unpack(container)
+    foreign = pack(Container("ab" * 16, parsed.width, parsed.height, parsed.mode, parsed.levels))
+    check(client.post("/decompress", content=foreign), 409, "unknown_model")
+    check(client.get("/no-such-endpoint"), 404, "not_found")
+    check(client.get("/compress"), 405, "method_not_allowed")
+
+
+def test_body_and_pixel_limits(codec):
+    settings = _settings(max_body_bytes=4096, max_pixels=5000)
+    with TestClient(create_app(settings, codec=codec)) as client:
+        big = client.post("/compress", content=(KODAK / "kodim01.png").read_bytes())
+        assert big.status_code == 413 and big.json()["error"] == "body_too_large"
+        chunks = (b"x" * 1024 for _ in range(10))  # no Content-Length: the limit holds while streaming
+        assert client.post("/compress", content=chunks).status_code == 413
+        flat = io.BytesIO()
+        Image.new("RGB", (100, 60), (120, 80, 40)).save(flat, format="PNG")
+        many = client.post("/compress", content=flat.getvalue())
+        assert many.status_code == 422 and many.json()["error"] == "image_too_large"
+
+
+def test_request_id_is_echoed_validated_or_generated(client):
+    response = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+    bad = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_request_id"
+
+
+def test_operational_endpoints_and_metrics(client, codec):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_id"] == codec.model_id
+    model = client.get("/v1/model").json()
+    assert model["model_id"] == codec.model_id and len(model["levels"]) == 4
+    assert model["limits"]["max_pixels"] == 50_000_000 and "CPUExecutionProvider" in model["providers"]
+    assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
+    container = client.post("/compress?level=2", content=_png()).content
+    client.post("/decompress", content=container)
+    client.post("/compress", content=b"junk", headers={"Content-Type": "text/plain"})
+    text = client.get("/metrics").text
+    for series in (
+        'sslic_requests_total{endpoint="/compress",status="200"} 1.0',
+        'sslic_requests_total{endpoint="/compress",status="415"} 1.0',
+        'sslic_request_duration_seconds_count{endpoint="/decompress"} 1.0',
+        'sslic_stage_duration_seconds_count{stage="encoder"} 1.0',
+        'sslic_stage_duration_seconds_count{stage="decoder"} 1.0',
+        'sslic_stage_duration_seconds_count{stage="decode_input"} 1.0',
+        'sslic_stage_duration_seconds_count{stage="encode_output"} 1.0',
+        'sslic_batch_size_count{graph="encoder"} 1.0',
+        'sslic_bpp_count{level="2"} 1.0',
+        "sslic_queue_depth 0.0",
+        f'model_id="{codec.model_id}"',
+    ):
+        assert series in text, series
+    assert 'sslic_bytes_out_total{endpoint="/compress"}' in text
+
+
+async def _concurrent(app, requests):
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sslic", timeout=60) as client:
+            return await asyncio.gather(*(client.post(url, content=body) for url, body in requests))
+
+
+def test_bytes_do_not_depend_on_the_batch(codec):
+    images = [_png((128, 128), index) for index in range(1, 7)]
+    alone = [codec.compress(image, "all") for image in images]
+    app = create_app(_settings(max_batch=6, max_queue_delay_ms=500), codec=codec)
+    responses = asyncio.run(_concurrent(app, [("/compress?level=all", image) for image in images]))
+    assert [r.status_code for r in responses] == [200] * 6
+    assert [r.content for r in responses] == alone
+    text = generate_metrics_text(app)
+    assert 'sslic_batch_size_count{graph="encoder"} 1.0' in text  # all six ran as one batch
+    assert 'sslic_batch_size_sum{graph="encoder"} 6.0' in text
+
+
+def generate_metrics_text(app) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(app.state.metrics.registry).decode()
+
+
+def test_full_queue_answers_429_at_once(codec):
+    app = create_app(_settings(max_batch=8, max_queue_delay_ms=1500, queue_size=2), codec=codec)
+    image = _png()
+    responses = asyncio.run(_concurrent(app, [("/compress?level=1", image)] * 4))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 429, 429]
+    refused = [r for r in responses if r.status_code == 429][0]
+    assert refused.headers["Retry-After"] == "1" and refused.json()["error"] == "queue_full"
+
+
+def test_request_waiting_past_its_timeout_gets_503(codec):
+    app = create_app(_settings(max_batch=8, max_queue_delay_ms=2000, request_timeout_s=0.2), codec=codec)
+    (response,) = asyncio.run(_concurrent(app, [("/compress?level=1", _png())]))
+    assert response.status_code == 503 and response.json()["error"] == "timeout"
+
+
+def test_not_ready_before_the_model_is_loaded(codec):
+    client = TestClient(create_app(_settings(), codec=codec))  # no context manager: no lifespan
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    response = client.post("/compress", content=_png())
+    assert response.status_code == 503 and response.json()["error"] == "not_ready"
+
+
+def test_fuzzed_requests_never_get_a_500(client):
+    import random
+
+    rng = random.Random(3)
+    container = client.post("/compress?level=1", content=_png((64, 64))).content
+    image = _png((64, 64))
+    for _ in range(150):
+        target = rng.choice([container, image])
+        data = bytearray(target)
+        for _ in range(rng.randint(1, 5)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        cut = bytes(data[: rng.randint(1, len(data))]) if rng.random() < 0.3 else bytes(data)
+        endpoint = rng.choice(["/compress", "/decompress", "/extract"])
+        query = rng.choice(["", "?level=1", "?level=all", "?level=-1", "?format=webp", "?target_bpp=0.1"])
+        response = client.post(endpoint + query, content=cut, headers={"Content-Type": "application/octet-stream"})
+        assert response.status_code < 500 or response.json()["error"] in ("timeout", "queue_full"), response.text

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test train simclr export evaluate bench clean
+.PHONY: setup test serve train simclr export evaluate bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ setup: $(PY)
 
 test: setup
 	$(PY) -m pytest -q
+
+# the HTTP service on the shipped model (models/default), settings from SSLIC_* variables (docs/service.md)
+serve: setup
+	$(VENV)/bin/sslic serve
 
 simclr: setup
 	$(PY) -m model_export.simclr --resume

@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
             request_id = request_id or uuid.uuid4().hex
             if request.url.path in ("/compress", "/decompress", "/extract") and app.state.service is None:
                 response = _error(503, "not_ready", "the model is not loaded", {"Retry-After": str(RETRY_AFTER_S)})
+                metrics.rejected.labels("not_ready").inc()
             else:
                 try:
                     response = await call_next(request)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -24,18 +23,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .data import ImageSet
 from .bd_rate import bd_psnr, bd_rate, psnr_at_bpp, psnr_gap_on_grid
 from .metrics import ms_ssim, psnr
 from service.codec import Codec
 
-__all__ = ["main", "load_dataset", "evaluate_pillow", "evaluate_runtime_codec", "summarize"]
+__all__ = ["main", "evaluate_pillow", "evaluate_runtime_codec", "summarize"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "kodak"
 DEFAULT_ANCHORS = REPO.parent / "shared" / "anchors" / "kodak_rd_anchors.csv"
 DEFAULT_JPEG_QUALITIES = list(range(5, 100, 5))
 DEFAULT_WEBP_QUALITIES = [0, *range(5, 100, 5)]
-IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".ppm")
 
 PAPER_KODIM10 = {"image": "kodim10.png", "bpp": 0.295, "psnr": 30.38}
 REPORT_BPPS = (0.25, 0.5, 0.75, 1.0)
@@ -55,36 +54,6 @@ NIQE_NOTE = (
     "extractor is known to disagree with the LIVE reference (scikit-video issue #116; fixed only in its unreleased "
     "1.2.0); the `niqe` package (0.1.1) ships no model parameters."
 )
-
-
-class Dataset:
-    """Images of one folder sorted by name, as uint8 RGB arrays, with a checksum of names and file bytes."""
-
-    def __init__(self, directory: Path, names: list[str], images: list[np.ndarray], sha256: str):
-        self.directory = directory
-        self.names = names
-        self.images = images
-        self.sha256 = sha256
-
-
-def load_dataset(directory: str | Path, limit: int | None = None) -> Dataset:
-    """Load the images of ``directory`` (the checksum scheme is that of ``model_export.data.ImageSet``)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"image folder not found: {directory}")
-    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if limit:
-        paths = paths[:limit]
-    if not paths:
-        raise FileNotFoundError(f"no images in {directory}")
-    digest = hashlib.sha256()
-    images = []
-    for path in paths:
-        digest.update(path.name.encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-        with Image.open(path) as image:
-            images.append(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
-    return Dataset(directory, [p.name for p in paths], images, digest.hexdigest())
 
 
 def measure(original: np.ndarray, decoded, size_bytes: int) -> dict:
@@ -123,7 +92,7 @@ def pillow_round_trip(image: np.ndarray, image_format: str, **params) -> tuple[i
 
 
 def evaluate_pillow(
-    dataset: Dataset, image_format: str, qualities: Sequence[int], extra: dict | None = None, progress=print
+    dataset: ImageSet, image_format: str, qualities: Sequence[int], extra: dict | None = None, progress=print
 ) -> list[dict]:
     """Mean-curve points of a Pillow codec over a quality sweep (``extra``: further ``save`` parameters)."""
     points = []
@@ -148,7 +117,7 @@ def load_runtime_codec(model_dir: Path):
     return Codec.from_dir(str(model_dir), threads=2)
 
 
-def evaluate_runtime_codec(codec, dataset: Dataset, progress=print) -> tuple[list[dict], dict]:
+def evaluate_runtime_codec(codec, dataset: ImageSet, progress=print) -> tuple[list[dict], dict]:
     """Per-level mean-curve points of the runtime codec, with real container sizes.
 
     Each image is compressed once with all levels; every level is then extracted into its own single-level
@@ -190,7 +159,7 @@ def evaluate_runtime_codec(codec, dataset: Dataset, progress=print) -> tuple[lis
     return [curve_point(level, dataset.names, results[level]) for level in levels], check
 
 
-def evaluate_torch_checkpoint(path: Path, dataset: Dataset, progress=print) -> list[dict]:
+def evaluate_torch_checkpoint(path: Path, dataset: ImageSet, progress=print) -> list[dict]:
     """Per-level points of the PyTorch model: estimated bpp (-log2 likelihoods) and metrics of the rounded x̂."""
     import torch
 
@@ -471,7 +440,7 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] = pr
         if not 0 <= quality <= 100:
             raise SystemExit(f"quality {quality} outside 0..100")
     codec = None if args.baselines_only else load_runtime_codec(args.model_dir)
-    dataset = load_dataset(args.data, args.limit)
+    dataset = ImageSet.from_dir(args.data, args.limit)
     anchors = load_anchors(args.anchors) if args.anchors.is_file() else {}
     progress(f"{len(dataset.names)} images from {args.data}")
     report: dict = {

@@ -13,6 +13,7 @@ from PIL import Image
 
 from model_export import evaluate
 from model_export.bd_rate import bd_psnr, bd_rate, psnr_at_bpp, psnr_gap_on_grid
+from model_export.data import ImageSet
 from model_export.metrics import MS_SSIM_WEIGHTS, ms_ssim, psnr
 
 from .conftest import REPO
@@ -243,7 +244,7 @@ class JpegStandInCodec:
 
 def test_evaluation_pipeline_with_stand_in_codec():
     images = [textured_pair(seed=seed)[0] for seed in (1, 2)]
-    dataset = evaluate.Dataset(None, ["kodim09.png", "kodim10.png"], images, "0" * 64)
+    dataset = ImageSet(["kodim09.png", "kodim10.png"], images, "0" * 64)
     points, check = evaluate.evaluate_runtime_codec(JpegStandInCodec(), dataset, progress=lambda _: None)
     assert check == {"extract_equals_single_level_compress": True, "rate_from": "extract"}
     assert [p["setting"] for p in points] == [1, 2, 3, 4]

@@ -19,6 +19,7 @@ cd "$work"
 "$work/venv/bin/sslic" decompress k.sslc k.png --level 1
 "$work/venv/bin/python" - <<'PY'
 import json
+import service.app  # the HTTP service imports from an installed package too
 from PIL import Image
 info = json.load(open("info.json"))
 assert [entry["level"] for entry in info["levels"]] == [1, 4], info

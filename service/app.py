@@ -84,7 +84,12 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
         loaded = codec
         if loaded is None:
             loaded = await run_in_threadpool(
-                Codec.from_dir, settings.model_dir, settings.providers or None, settings.threads, settings.max_pixels
+                Codec.from_dir,
+                settings.model_dir,
+                settings.providers or None,
+                settings.threads,
+                settings.max_pixels,
+                settings.tile_size,
             )
         elif loaded.max_pixels != settings.max_pixels:
             loaded = Codec(loaded.model, settings.max_pixels)

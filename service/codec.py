@@ -77,8 +77,11 @@ class Codec:
         providers: list[str] | None = None,
         threads: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        tile_size: int = 1024,
     ) -> "Codec":
-        model = load_model(directory or default_model_dir(), providers=providers, intra_op_threads=threads)
+        model = load_model(
+            directory or default_model_dir(), providers=providers, intra_op_threads=threads, tile_size=tile_size
+        )
         return cls(model, max_pixels)
 
     @property

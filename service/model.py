@@ -14,7 +14,7 @@ import onnxruntime as ort
 from .entropy_coder import LevelTables, TableCoder, load_tables
 from .errors import ModelLoadError
 
-__all__ = ["LoadedModel", "load_model", "resolve_providers", "default_model_dir", "file_sha256", "model_id_for"]
+__all__ = ["LoadedModel", "Tiling", "load_model", "resolve_providers", "default_model_dir", "file_sha256", "model_id_for"]
 
 SUPPORTED_FORMAT = ("sslic-model", 1)
 
@@ -65,6 +65,37 @@ def model_id_for(hashes: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(hashes.items())).encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """Large images run through the graphs as overlapping tiles: a ``core``×``core`` region of the output
+    plus ``margin`` pixels of context on every side, which is wider than the receptive field of the encoder
+    and of every decoder path (measured: about 250 and 210 pixels), so the stitched result equals the
+    untiled one while memory stays that of one tile."""
+
+    core: int = 1024
+    margin: int = 320
+
+    @property
+    def threshold_pixels(self) -> int:
+        side = self.core + 2 * self.margin
+        return side * side
+
+    def tiles(self, height: int, width: int, multiple: int):
+        """((y0, y1, x0, x1) core, (y0, y1, x0, x1) input) per tile; all multiples of ``multiple``."""
+        if self.core % multiple or self.margin % multiple:
+            raise ValueError(f"tile core and margin must be multiples of {multiple}")
+        for y0 in range(0, height, self.core):
+            y1 = min(y0 + self.core, height)
+            for x0 in range(0, width, self.core):
+                x1 = min(x0 + self.core, width)
+                yield (y0, y1, x0, x1), (
+                    max(0, y0 - self.margin),
+                    min(height, y1 + self.margin),
+                    max(0, x0 - self.margin),
+                    min(width, x1 + self.margin),
+                )
+
+
 @dataclass
 class LoadedModel:
     """Everything the codec needs from one artifact folder."""
@@ -76,6 +107,7 @@ class LoadedModel:
     tables: list[LevelTables]
     coders: list[TableCoder]
     providers: list[str]
+    tiling: Tiling = Tiling()
 
     @property
     def model_id(self) -> str:
@@ -106,12 +138,43 @@ class LoadedModel:
         return self.latent_channels[level - 1], padded_h // stride, padded_w // stride
 
     def encode_latents(self, images: np.ndarray) -> list[np.ndarray]:
-        """Padded images (B, 3, H, W) float32 in [0, 1] → latents of every level (level 1 first)."""
-        return self.encoder.run(None, {"image": images})
+        """Padded images (B, 3, H, W) float32 in [0, 1] → latents of every level (level 1 first).
+
+        Images larger than the tiling threshold run as overlapping tiles (bounded memory, same latents)."""
+        height, width = images.shape[2:]
+        if height * width <= self.tiling.threshold_pixels:
+            return self.encoder.run(None, {"image": images})
+        per_image = [self._encode_tiled(images[i : i + 1]) for i in range(images.shape[0])]
+        return [np.concatenate([latents[level] for latents in per_image]) for level in range(self.levels)]
 
     def decode_latent(self, level: int, latent: np.ndarray) -> np.ndarray:
-        """ŷ (B, C, h, w) float32 → x̂ (B, 3, H, W) float32, unclamped."""
-        return self.decoders[level].run(None, {"latent": latent})[0]
+        """ŷ (B, C, h, w) float32 → x̂ (B, 3, H, W) float32, unclamped (tiled for large images)."""
+        stride = self.strides[level - 1]
+        if latent.shape[2] * latent.shape[3] * stride * stride <= self.tiling.threshold_pixels:
+            return self.decoders[level].run(None, {"latent": latent})[0]
+        return np.concatenate([self._decode_tiled(level, latent[i : i + 1]) for i in range(latent.shape[0])])
+
+    def _encode_tiled(self, image: np.ndarray) -> list[np.ndarray]:
+        height, width = image.shape[2:]
+        outputs: list[np.ndarray | None] = [None] * self.levels
+        for (y0, y1, x0, x1), (iy0, iy1, ix0, ix1) in self.tiling.tiles(height, width, self.padding_multiple):
+            latents = self.encoder.run(None, {"image": np.ascontiguousarray(image[:, :, iy0:iy1, ix0:ix1])})
+            for index, (latent, stride) in enumerate(zip(latents, self.strides)):
+                if outputs[index] is None:
+                    outputs[index] = np.empty((1, latent.shape[1], height // stride, width // stride), np.float32)
+                core = latent[:, :, (y0 - iy0) // stride : (y1 - iy0) // stride, (x0 - ix0) // stride : (x1 - ix0) // stride]
+                outputs[index][:, :, y0 // stride : y1 // stride, x0 // stride : x1 // stride] = core
+        return outputs  # type: ignore[return-value]
+
+    def _decode_tiled(self, level: int, latent: np.ndarray) -> np.ndarray:
+        stride = self.strides[level - 1]
+        height, width = latent.shape[2] * stride, latent.shape[3] * stride
+        output = np.empty((1, 3, height, width), np.float32)
+        for (y0, y1, x0, x1), (iy0, iy1, ix0, ix1) in self.tiling.tiles(height, width, self.padding_multiple):
+            part = np.ascontiguousarray(latent[:, :, iy0 // stride : iy1 // stride, ix0 // stride : ix1 // stride])
+            image = self.decoders[level].run(None, {"latent": part})[0]
+            output[:, :, y0:y1, x0:x1] = image[:, :, y0 - iy0 : y1 - iy0, x0 - ix0 : x1 - ix0]
+        return output
 
 
 def load_model(
@@ -120,6 +183,7 @@ def load_model(
     intra_op_threads: int = 0,
     inter_op_threads: int = 1,
     verify_hashes: bool = True,
+    tile_size: int = Tiling.core,
 ) -> LoadedModel:
     """Load and check an artifact folder; raises :class:`ModelLoadError` with the reason."""
     directory = Path(directory)
@@ -161,4 +225,8 @@ def load_model(
         raise ModelLoadError(f"{directory}: ONNX Runtime cannot load the graphs: {error}") from error
     tables = load_tables(directory / manifest["entropy_tables"], levels, [int(c) for c in manifest["latent_channels"]])
     coders = [TableCoder(table) for table in tables]
-    return LoadedModel(directory, manifest, encoder, decoders, tables, coders, encoder.get_providers())
+    multiple = int(manifest["padding_multiple"])
+    if tile_size < multiple or tile_size % multiple:
+        raise ModelLoadError(f"tile size must be a positive multiple of {multiple}, got {tile_size}")
+    tiling = Tiling(core=tile_size, margin=-(-Tiling.margin // multiple) * multiple)
+    return LoadedModel(directory, manifest, encoder, decoders, tables, coders, encoder.get_providers(), tiling)

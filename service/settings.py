@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="a request still waiting for the model then gets 503")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images get 422 (checked before decoding)")
+    tile_size: int = Field(
+        1024, ge=64, description="images above (tile + 640)² pixels run as overlapping tiles of this core size"
+    )
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"

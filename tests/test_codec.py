@@ -218,3 +218,23 @@ def test_service_never_imports_torch():
     for path in (REPO / "service").rglob("*.py"):
         text = path.read_text()
         assert "import torch" not in text and "from torch" not in text, path
+
+
+def test_tiled_coding_equals_untiled(codec):
+    """Large images run as overlapping tiles; the margin exceeds the receptive fields, so the bytes and the
+    decoded pixels are exactly those of the untiled run."""
+    import dataclasses
+
+    from service.model import Tiling
+
+    tiles = [np.asarray(Image.open(KODAK / f"kodim{i:02d}.png").convert("RGB"))[:512, :576] for i in (1, 2, 3, 5)]
+    mosaic = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)  # 1024 × 1152
+    data = _png(Image.fromarray(mosaic))
+    small_tiles = Codec(dataclasses.replace(codec.model, tiling=Tiling(core=384, margin=320)))
+    assert 1024 * 1152 > small_tiles.model.tiling.threshold_pixels
+    container = small_tiles.compress(data, "1,4")
+    assert container == codec.compress(data, "1,4")
+    for level in (1, 4):
+        np.testing.assert_array_equal(
+            np.asarray(small_tiles.decompress(container, level)), np.asarray(codec.decompress(container, level))
+        )

@@ -91,8 +91,10 @@ class CodecService:
             images = self.codec.model.decode_latent(level, batch)
         return [images[i] for i in range(len(payloads))]
 
-    async def _model(self, key: Hashable, payload: np.ndarray, deadline: float):
-        self.metrics.queue_depth.set(self.batcher.depth + 1)
+    async def _model(self, key: tuple, payload: np.ndarray, deadline: float):
+        scale = self.codec.model.strides[key[1] - 1] ** 2 if key[0] == "decoder" else 1
+        if payload.shape[-2] * payload.shape[-1] * scale > self.codec.model.tiling.threshold_pixels:
+            key = (*key, object())  # large images run tiled and alone: never stacked into a batch
         future = self.batcher.submit(key, payload)
         self.metrics.queue_depth.set(self.batcher.depth)
         remaining = deadline - time.monotonic()

@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import yaml
+
+from model_export.ablation import REFERENCE, VARIANTS, compare, main, variant_config
+from model_export.config import ExperimentConfig
+
+
+def _base(data_dir, steps=2):
+    return {
+        "name": "abl",
+        "model": {"backbone_checkpoint": None, "attention_window": 4, "pyramid_channels": 16,
+                  "latent_channels": [8, 8, 8, 8], "decoder_channels": 16},
+        "loss": {"alpha": [100.0, 200.0, 400.0, 800.0], "beta": [0.1, 0.2, 0.3, 0.4],
+                 "gamma": [1.0, 0.9, 0.8, 0.7]},
+        "train": {"data_dir": str(data_dir), "val_dir": str(data_dir), "crop": 64, "batch_size": 2,
+                  "steps": steps, "log_every": 1, "eval_every": 100, "checkpoint_every": 1, "lr": 1e-3,
+                  "lr_schedule": [[0.0, 1e-3]], "threads": 1},
+    }
+
+
+def test_variants_change_only_backbone_and_attention(small_image_dir):
+    base = ExperimentConfig.from_dict(_base(small_image_dir))
+    reference = variant_config(base, REFERENCE).to_dict()
+    for variant, (overrides, _) in VARIANTS.items():
+        config = variant_config(base, variant).to_dict()
+        assert config["name"] == f"abl-{variant}"
+        assert config["loss"] == reference["loss"] and config["train"] == reference["train"]
+        changed = {k for k in config["model"] if config["model"][k] != reference["model"][k]}
+        assert changed <= set(overrides)
+        assert {config["model"]["backbone"], config["model"]["attention"]} == {overrides["backbone"],
+                                                                                overrides["attention"]}
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_config(base, "vgg")
+
+
+def test_compare_measures_rate_savings_against_the_reference():
+    curve = {"bpp": [0.1, 0.25, 0.5, 1.0], "psnr": [24.0, 27.0, 30.0, 33.0]}
+    cheaper = {"bpp": [b * 0.8 for b in curve["bpp"]], "psnr": curve["psnr"]}
+    disjoint = {"bpp": curve["bpp"], "psnr": [10.0, 11.0, 12.0, 13.0]}
+    results = {name: {"rd": {"val": c}} for name, c in
+               ((REFERENCE, curve), ("simclr_none", cheaper), ("simclr_both", disjoint))}
+    table = compare(results)
+    assert table[REFERENCE]["val"]["bd_rate_percent"] == pytest.approx(0.0, abs=1e-9)
+    assert table["simclr_none"]["val"]["bd_rate_percent"] == pytest.approx(-20.0, abs=1e-6)
+    assert table["simclr_none"]["val"]["bd_psnr_db"] > 0
+    assert table["simclr_both"]["val"]["bd_rate_percent"] is None
+    assert "overlap" in table["simclr_both"]["val"]["error"]
+
+
+def test_ablation_trains_every_variant_on_the_same_budget_and_writes_the_report(tmp_path, small_image_dir):
+    base_path = tmp_path / "base.yaml"
+    base_path.write_text(yaml.safe_dump(_base(small_image_dir, steps=2)))
+    variants = f"{REFERENCE},learned_encoder,simclr_decoder"
+    args = ["--base", str(base_path), "--variants", variants, "--runs-dir", str(tmp_path / "runs"),
+            "--kodak", str(small_image_dir), "--kodak-limit", "2", "--out", str(tmp_path / "out")]
+    report = main(args, log=lambda _: None)
+    assert list(report["variants"]) == variants.split(",")
+    for result in report["variants"].values():
+        assert result["training"]["steps"] == 2
+        for dataset, images in (("val", 6), ("kodak", 2)):
+            assert len(result["rd"][dataset]["bpp"]) == 4 and len(result["rd"][dataset]["psnr"]) == 4
+            assert all(b > 0 for b in result["rd"][dataset]["bpp"])
+            assert report["datasets"][dataset]["images"] == images
+    learned = report["variants"]["learned_encoder"]["training"]["trainable_parameters"]
+    assert learned > report["variants"][REFERENCE]["training"]["trainable_parameters"]
+    saved = json.loads((tmp_path / "out" / "ablations.json").read_text())
+    assert saved["bd_vs_reference"].keys() == report["variants"].keys()
+    markdown = (tmp_path / "out" / "ablations.md").read_text()
+    assert all(f"`{v}`" in markdown for v in variants.split(","))
+    assert (tmp_path / "out" / "ablations_rd.png").stat().st_size > 10_000
+
+    again = main(args + ["--train-only"], log=lambda _: None)
+    assert again is None
+    for variant in variants.split(","):
+        log = (tmp_path / "runs" / variant / "train.log").read_text()
+        assert log.count("step 2 ") == 1

@@ -91,6 +91,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up from 0
     skip_spikes: float = 20.0  # skip an update whose loss exceeds this multiple of the running mean (0: off)
     aux_lr: float = 1e-3
+    backbone_lr_scale: float = 1.0  # learning rate of a fine-tuned backbone relative to the rest
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 2

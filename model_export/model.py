@@ -57,12 +57,19 @@ class Encoder(nn.Module):
         self.pixel_shortcut = pixel_shortcut
 
     def features(self, x: Tensor) -> Tensor:
-        """Backbone features at H/4, with the 4×4 space-to-depth of the centred pixels appended."""
+        """Backbone features at H/4, with the 4×4 space-to-depth of the centred pixels appended.
+
+        A fine-tuned backbone keeps its batch-norm statistics frozen (only weights and affine parameters train):
+        batches of a few crops give noisy statistics, and training and inference must see the same features.
+        """
         if self.backbone_frozen:
             self.backbone.eval()
             with torch.no_grad():
                 features = self.backbone(x)
         else:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
             features = self.backbone(x)
         if self.pixel_shortcut:
             features = torch.cat([features, F.pixel_unshuffle(x - 0.5, 4)], dim=1)

@@ -54,9 +54,16 @@ class Trainer:
         self.model = SSLIC(config.model).to(device)
         self.perceptual = self._perceptual().to(device) if any(config.loss.beta) else None
         self.criterion = RateDistortionLoss(config.loss, self.perceptual)
-        main_params = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.endswith("quantiles")]
-        aux_params = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
-        self.optimizer = torch.optim.Adam(main_params, lr=train.lr)
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        aux_params = [p for n, p in trainable if n.endswith("quantiles")]
+        # a fine-tuned pretrained backbone may learn at its own (lower) rate; a learned stem is part of the rest
+        prefix = "encoder.backbone." if config.model.backbone == "simclr" else None
+        backbone_params = [p for n, p in trainable if prefix and n.startswith(prefix)]
+        main_params = [p for n, p in trainable if not n.endswith("quantiles") and not (prefix and n.startswith(prefix))]
+        groups = [{"params": main_params, "lr_scale": 1.0}]
+        if backbone_params:
+            groups.append({"params": backbone_params, "lr_scale": train.backbone_lr_scale})
+        self.optimizer = torch.optim.Adam(groups, lr=train.lr)
         self.aux_optimizer = torch.optim.Adam(aux_params, lr=train.aux_lr)
         self.train_set = ImageSet.from_dir(train.data_dir)
         self.val_set = ImageSet.from_dir(train.val_dir)
@@ -185,7 +192,7 @@ class Trainer:
             if train.warmup_steps:
                 lr *= min(1.0, (self.step + 1) / train.warmup_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss, terms, applied = self.train_step(ema.get("loss") if self.step > 50 else None)
             self.step += 1
             now = time.monotonic()

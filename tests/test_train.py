@@ -119,3 +119,22 @@ def test_a_time_limited_stop_validates_the_final_weights(tmp_path, small_image_d
     assert trainer.step == 1
     assert [r["step"] for r in trainer.val_history] == [1]
     assert (tmp_path / "best.pt").is_file()
+
+
+def test_finetuned_backbone_trains_at_its_own_rate_with_frozen_batch_norm(tmp_path, small_image_dir):
+    data = _config(small_image_dir, steps=2).to_dict()
+    data["model"]["finetune_backbone"] = True
+    data["train"]["backbone_lr_scale"] = 0.1
+    config = ExperimentConfig.from_dict(data)
+    trainer = Trainer(config, tmp_path, torch.device("cpu"), quiet=True)
+    backbone = trainer.model.encoder.backbone
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    trainer.run()
+    groups = trainer.optimizer.param_groups
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.1]
+    assert groups[1]["lr"] == pytest.approx(0.1 * groups[0]["lr"])
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in backbone.parameters()}
+    after = backbone.state_dict()
+    assert not torch.equal(after["conv1.weight"], before["conv1.weight"])
+    for key in [k for k in after if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]:
+        assert torch.equal(after[key], before[key]), key

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bd_rate import bd_psnr, bd_rate
 from .config import ExperimentConfig, load_config
 from .data import ImageSet
 from .model import SSLIC
@@ -97,21 +96,17 @@ def measure_variant(model: SSLIC, datasets: dict[str, ImageSet]) -> dict:
 
 
 def compare(results: dict[str, dict], reference: str = REFERENCE) -> dict:
-    """BD-rate (%) and BD-PSNR (dB) of every variant against ``reference``, per dataset; None when undefined."""
-    table: dict[str, dict] = {}
-    for variant, result in results.items():
-        table[variant] = {}
-        for dataset, curve in result["rd"].items():
-            anchor = results[reference]["rd"][dataset]
-            entry: dict = {}
-            for key, function in (("bd_rate_percent", bd_rate), ("bd_psnr_db", bd_psnr)):
-                try:
-                    entry[key] = function(anchor["bpp"], anchor["psnr"], curve["bpp"], curve["psnr"])
-                except ValueError as exc:
-                    entry[key] = None
-                    entry["error"] = str(exc)
-            table[variant][dataset] = entry
-    return table
+    """BD-rate (%) and BD-PSNR (dB) of every variant against ``reference``, per dataset (``evaluate``'s entries)."""
+    from .evaluate import _bd_entry
+
+    return {
+        variant: {
+            dataset: _bd_entry((curve["bpp"], curve["psnr"]),
+                               (results[reference]["rd"][dataset]["bpp"], results[reference]["rd"][dataset]["psnr"]))
+            for dataset, curve in result["rd"].items()
+        }
+        for variant, result in results.items()
+    }
 
 
 def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:

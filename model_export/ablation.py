@@ -9,14 +9,17 @@ in the same order), then its final weights are measured on val and on Kodak: mea
 likelihoods of the rounded latents) and mean PSNR (8-bit RGB) per level. BD-rate and BD-PSNR of every variant
 against the reference follow. Kodak is only measured, never used to choose anything.
 
-Runs are resumable: a variant whose ``last.pt`` already holds the full step count is not trained again. Writes
-``ablations.json``, ``ablations_rd.png`` and ``ablations.md`` to ``--out``.
+Runs are resumable: a variant whose ``last.pt`` already holds the full step count is not trained again, and its
+measurement is kept in ``measured.json`` beside it, keyed by the sha256 of ``last.pt`` and of the datasets, so
+adding a variant measures only that one. Writes ``ablations.json``, ``ablations_rd.png`` and ``ablations.md`` to
+``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import platform
 import time
@@ -33,7 +36,9 @@ from .runtime import ensure_fast_malloc, set_threads
 from .train import Trainer
 from .validation import evaluate_images
 
-__all__ = ["VARIANTS", "REFERENCE", "variant_config", "train_variant", "measure_variant", "compare", "main"]
+__all__ = [
+    "VARIANTS", "REFERENCE", "variant_config", "train_variant", "measure_variant", "measure_run", "compare", "main",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_KODAK = REPO.parent / "shared" / "data" / "kodak"
@@ -45,6 +50,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "simclr_none": ({"backbone": "simclr", "attention": "none"}, "SimCLR backbone, no attention"),
     "simclr_decoder": ({"backbone": "simclr", "attention": "decoder"}, "SimCLR backbone, attention in the decoder"),
     "simclr_both": ({"backbone": "simclr", "attention": "both"}, "SimCLR backbone, attention in both"),
+    "simclr_encoder_no_shortcut": ({"backbone": "simclr", "attention": "encoder", "pixel_shortcut": False},
+                                   "the reference without the pixel shortcut (the paper's exact encoder)"),
 }
 REFERENCE = "simclr_encoder"
 
@@ -93,6 +100,31 @@ def load_final_model(config: ExperimentConfig, run_dir: Path) -> SSLIC:
 def measure_variant(model: SSLIC, datasets: dict[str, ImageSet]) -> dict:
     """Mean estimated bpp and PSNR per level on each dataset."""
     return {name: evaluate_images(model, dataset.images) for name, dataset in datasets.items()}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def measure_run(config: ExperimentConfig, run_dir: Path, datasets: dict[str, ImageSet]) -> tuple[dict, bool]:
+    """The variant's measurement, from ``measured.json`` when its weights and datasets are unchanged.
+
+    Returns the per-dataset curves and whether they came from the cache.
+    """
+    key = {"weights_sha256": _file_sha256(run_dir / "last.pt"),
+           "datasets": {name: dataset.sha256 for name, dataset in datasets.items()}}
+    cache = run_dir / "measured.json"
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored["rd"], True
+    rd = measure_variant(load_final_model(config, run_dir), datasets)
+    cache.write_text(json.dumps({"key": key, "rd": rd}, indent=1))
+    return rd, False
 
 
 def compare(results: dict[str, dict], reference: str = REFERENCE) -> dict:
@@ -163,7 +195,8 @@ def plot(report: dict, path: Path) -> None:
             style = {"linewidth": 2.2, "color": "black"} if variant == report["reference"] else {"linewidth": 1.2}
             axis.plot(curve["bpp"], curve["psnr"], marker="o", markersize=4, label=variant, **style)
         axis.set_title(f"{dataset} ({report['datasets'][dataset]['images']} images)")
-        axis.set_xlabel("estimated bits per pixel")
+        axis.set_xscale("log")
+        axis.set_xlabel("estimated bits per pixel (log scale)")
         axis.set_ylabel("PSNR RGB (dB)")
         axis.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -209,11 +242,10 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
     }
     results = {}
     for variant, config in configs.items():
-        model = load_final_model(config, runs_dir / variant)
-        rd = measure_variant(model, datasets)
+        rd, cached = measure_run(config, runs_dir / variant, datasets)
         results[variant] = {"description": VARIANTS[variant][1], "model": VARIANTS[variant][0], "rd": rd,
                             "training": training[variant]}
-        log(f"{variant}: " + "; ".join(
+        log(f"{variant}{' (measured before)' if cached else ''}: " + "; ".join(
             f"{name} " + " ".join(f"{b:.3f}/{q:.2f}" for b, q in zip(rd[name]["bpp"], rd[name]["psnr"]))
             for name in rd))
     report = {

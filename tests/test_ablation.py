@@ -76,3 +76,16 @@ def test_ablation_trains_every_variant_on_the_same_budget_and_writes_the_report(
     for variant in variants.split(","):
         log = (tmp_path / "runs" / variant / "train.log").read_text()
         assert log.count("step 2 ") == 1
+
+    # measurements are reused while the weights and the data are unchanged, redone when they are not
+    stale = tmp_path / "runs" / "simclr_decoder" / "measured.json"
+    entry = json.loads(stale.read_text())
+    entry["key"]["weights_sha256"] = "0" * 64
+    entry["rd"]["val"]["psnr"] = [0.0] * 4
+    stale.write_text(json.dumps(entry))
+    lines = []
+    repeated = main(args, log=lines.append)
+    assert sum("(measured before)" in line for line in lines) == 2
+    assert not any(line.startswith("simclr_decoder (measured before)") for line in lines)
+    assert repeated["variants"]["simclr_decoder"]["rd"] == report["variants"]["simclr_decoder"]["rd"]
+    assert repeated["bd_vs_reference"] == report["bd_vs_reference"]

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test serve train simclr export evaluate bench clean
+.PHONY: setup test serve train simclr reproduce export evaluate bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ simclr: setup
 
 train: setup
 	$(PY) -m model_export.train --config configs/default.yaml --resume
+
+# the shipped model from scratch, every stage of configs/recipe.yaml in order (resumable; runs/reproduce)
+reproduce: setup
+	$(PY) -m model_export.reproduce --out runs/reproduce/sslic_default.pt
 
 export: setup
 	$(PY) -m model_export.export checkpoints/sslic_default.pt models/default

@@ -178,10 +178,16 @@ class Trainer:
         self.aux_optimizer.step()
         return value, terms, True
 
-    def run(self, max_minutes: float | None = None, max_steps: int | None = None) -> None:
+    def run(self, max_minutes: float | None = None, max_steps: int | None = None,
+            stop_at_step: int | None = None) -> None:
+        """Train to ``train.steps``, or fewer: ``max_steps`` more steps, up to step ``stop_at_step``, or until
+        ``max_minutes`` have passed. The learning-rate schedule always spans ``train.steps``; a run that stops
+        early validates its final weights, so ``best.pt`` can be them."""
         train = self.config.train
         total = train.steps
         stop_at = min(total, self.step + max_steps) if max_steps else total
+        if stop_at_step:
+            stop_at = min(stop_at, stop_at_step)
         deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
         self.model.train()
         bar = tqdm(total=total, initial=self.step, desc=self.config.name, dynamic_ncols=True, disable=self.quiet)
@@ -222,10 +228,10 @@ class Trainer:
                 self.save("last.pt")
             if deadline and time.monotonic() > deadline:
                 self.log(f"stopping at step {self.step}: --max-minutes reached")
-                if not self.val_history or self.val_history[-1]["step"] != self.step:
-                    self.validate()  # so best.pt can be the final weights, not only the last periodic check
                 break
         bar.close()
+        if self.step < total and (not self.val_history or self.val_history[-1]["step"] != self.step):
+            self.validate()
         self.save("last.pt")
 
     def summary(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -273,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="stop when the run reaches this step (the schedule still spans train.steps)")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (overrides train.device)")
     parser.add_argument("--vgg19-weights", default=None, help="torchvision VGG-19 state dict for the perceptual term")
     parser.add_argument("--init-from", default=None, help="start a new run from a codec checkpoint's weights")
@@ -303,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.init_from:
             trainer.init_from(Path(args.init_from))
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    trainer.run(max_minutes=args.max_minutes, max_steps=args.max_steps)
+    trainer.run(max_minutes=args.max_minutes, max_steps=args.max_steps, stop_at_step=args.stop_at)
     if args.export:
         path = trainer.export(Path(args.export), half=args.half)
         print(f"exported {path}")

@@ -120,11 +120,12 @@ class EntropyBottleneck(nn.Module):
         """Quantise ``y`` (B, C, H, W) and return (ŷ, likelihoods of ŷ)."""
         if training is None:
             training = self.training
-        y_hat = quantize(y, "noise" if training else "round", self.medians())
-        batch, channels = y_hat.shape[:2]
-        values = y_hat.permute(1, 0, 2, 3).reshape(channels, 1, -1)
-        likelihood = self.likelihood_lower_bound(self._likelihood(values))
-        likelihood = likelihood.reshape(channels, batch, *y_hat.shape[2:]).permute(1, 0, 2, 3)
+        with torch.autocast(y.device.type, enabled=False):  # densities in fp32 under a bf16 autocast
+            y_hat = quantize(y.float(), "noise" if training else "round", self.medians())
+            batch, channels = y_hat.shape[:2]
+            values = y_hat.permute(1, 0, 2, 3).reshape(channels, 1, -1)
+            likelihood = self.likelihood_lower_bound(self._likelihood(values))
+            likelihood = likelihood.reshape(channels, batch, *y_hat.shape[2:]).permute(1, 0, 2, 3)
         return y_hat, likelihood
 
     def pmf(self, samples: Tensor) -> Tensor:

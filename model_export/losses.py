@@ -44,7 +44,7 @@ class RateDistortionLoss:
         total = x.new_zeros(())
         terms = []
         for index, (x_hat, likelihoods) in enumerate(zip(output["x_hat"], output["likelihoods"])):
-            mse = torch.mean((x - x_hat) ** 2)
+            mse = torch.mean((x - x_hat.float()) ** 2)
             bpp = bits_per_pixel(likelihoods, pixels)
             if self.perceptual is not None and target is not None:
                 perceptual = self.perceptual(x_hat, target)

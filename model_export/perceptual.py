@@ -109,4 +109,4 @@ class PerceptualLoss(nn.Module):
             return self.network(x)
 
     def forward(self, x_hat: Tensor, target_features: Tensor) -> Tensor:
-        return torch.mean((self.network(x_hat) - target_features) ** 2)
+        return torch.mean((self.network(x_hat).float() - target_features.float()) ** 2)

@@ -157,8 +157,9 @@ class Trainer:
         """One update; returns (loss, per-level terms, applied). A non-finite loss, or one above
         ``skip_spikes`` × ``reference_loss``, is not applied, so one bad batch cannot wreck the run."""
         x = self.sampler.batch(self.config.train.batch_size).to(self.device)
-        output = self.model(x)
-        loss, terms = self.criterion(x, output)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.precision == "bf16"):
+            output = self.model(x)
+            loss, terms = self.criterion(x, output)
         value = float(loss.detach())
         spike = self.config.train.skip_spikes
         if not math.isfinite(value) or (spike and reference_loss and value > spike * reference_loss):

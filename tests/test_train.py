@@ -138,3 +138,38 @@ def test_finetuned_backbone_trains_at_its_own_rate_with_frozen_batch_norm(tmp_pa
     assert not torch.equal(after["conv1.weight"], before["conv1.weight"])
     for key in [k for k in after if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]:
         assert torch.equal(after[key], before[key]), key
+
+
+def test_bf16_autocast_step_matches_fp32_and_keeps_the_entropy_model_in_fp32(tmp_path, small_image_dir):
+    def trainer(precision):
+        config = _config(small_image_dir)
+        config.train.precision = precision
+        return Trainer(config, tmp_path / precision, torch.device("cpu"), quiet=True)
+
+    fp32, bf16 = trainer("fp32"), trainer("bf16")
+    bf16.model.load_state_dict(fp32.model.state_dict())
+    x = fp32.sampler.batch(2)
+    fp32.model.eval(), bf16.model.eval()  # rounding instead of noise, so both see the same latents
+    with torch.no_grad():
+        reference, _ = fp32.criterion(x, fp32.model(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = bf16.model(x)
+            loss, terms = bf16.criterion(x, output)
+    assert output["x_hat"][0].dtype == torch.bfloat16
+    assert all(likelihood.dtype == torch.float32 for likelihood in output["likelihoods"])
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(reference), rel=0.03)
+
+    bf16.model.train()
+    bf16.sampler = fp32.sampler
+    value, _, applied = bf16.train_step()
+    assert applied and value == value
+
+
+def test_unknown_precision_is_rejected(small_image_dir):
+    from model_export.config import ConfigError
+
+    data = _config(small_image_dir).to_dict()
+    data["train"]["precision"] = "fp8"
+    with pytest.raises(ConfigError, match="precision"):
+        ExperimentConfig.from_dict(data)

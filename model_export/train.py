@@ -76,6 +76,7 @@ class Trainer:
         self.best_step = 0
         self.val_history: list[dict[str, Any]] = []
         self.skipped = 0
+        self.init_checkpoint: dict[str, Any] | None = None  # lineage of the weights a run started from
 
     def _perceptual(self) -> PerceptualLoss:
         loss = self.config.loss
@@ -103,6 +104,7 @@ class Trainer:
             "best_step": self.best_step,
             "val_history": self.val_history,
             "skipped": self.skipped,
+            "init_checkpoint": self.init_checkpoint,
             "config": self.config.to_dict(),
         }
 
@@ -118,11 +120,18 @@ class Trainer:
         self.best_step = state["best_step"]
         self.val_history = state["val_history"]
         self.skipped = state.get("skipped", 0)
+        self.init_checkpoint = state.get("init_checkpoint")
 
     def init_from(self, path: Path) -> None:
         """Start from a codec checkpoint's weights (same architecture); optimizer and step start afresh."""
         model, _, summary = load_codec_checkpoint(path)
         self.model.load_state_dict(model.state_dict())
+        self.init_checkpoint = {
+            "path": str(path),
+            "name": summary.get("name"),
+            "total_steps": summary.get("total_steps", summary.get("step", 0)),
+            "total_train_seconds": summary.get("total_train_seconds", summary.get("train_seconds", 0.0)),
+        }
         self.log(f"initialised from {path} (its step {summary.get('step')})")
 
     def save(self, name: str) -> None:
@@ -237,6 +246,7 @@ class Trainer:
 
     def summary(self, state: dict[str, Any]) -> dict[str, Any]:
         best = next((r for r in state["val_history"] if r["step"] == state["step"]), None)
+        lineage = state.get("init_checkpoint") or {}
         return {
             "name": self.config.name,
             "step": state["step"],
@@ -250,6 +260,9 @@ class Trainer:
                          "sha256": self.val_set.sha256},
             "val": best,
             "skipped_updates": state.get("skipped", 0),
+            "init_checkpoint": lineage or None,
+            "total_steps": state["step"] + int(lineage.get("total_steps") or 0),
+            "total_train_seconds": round(state["elapsed"] + float(lineage.get("total_train_seconds") or 0.0), 1),
             "val_history": state["val_history"],
             "config": self.config.to_dict(),
         }

@@ -112,6 +112,13 @@ def test_a_new_run_can_start_from_a_codec_checkpoint(tmp_path, small_image_dir):
         torch.testing.assert_close(second.model.state_dict()[key], value)
     assert second.step == 0
 
+    # the lineage travels into the next export: steps and seconds add up over the chain of runs
+    second.run()
+    _, _, summary = load_codec_checkpoint(second.export(tmp_path / "b.pt", half=False))
+    assert summary["init_checkpoint"]["name"] == "smoke" and summary["init_checkpoint"]["total_steps"] == 2
+    assert summary["total_steps"] == 4
+    assert summary["total_train_seconds"] >= summary["train_seconds"] > 0
+
 
 def test_a_time_limited_stop_validates_the_final_weights(tmp_path, small_image_dir):
     trainer = Trainer(_config(small_image_dir, steps=50), tmp_path, torch.device("cpu"), quiet=True)

@@ -4,7 +4,8 @@ recipe in order, each starting from the previous run's exported weights.
     python -m model_export.reproduce [--recipe configs/recipe.yaml] [--work runs/reproduce] [--out PATH]
 
 The recipe (``configs/recipe.yaml``) lists the SimCLR arguments and the codec stages (a config each, optionally
-``max_steps`` where the historical run stopped early). Every stage runs in its own process, as the shipped runs
+``max_steps`` where the historical run stopped early, and ``start: continue`` for a stage that carried on from the
+previous run's ``last.pt`` with its optimizer state instead of from its exported weights). Every stage runs in its own process, as the shipped runs
 did, and writes ``<work>/<stage>/`` and ``<work>/<stage>.pt``; the codec configs are copied into ``<work>`` with
 their ``backbone_checkpoint`` pointing at the freshly trained backbone (or at ``--backbone``, to skip SimCLR).
 Rerunning the command continues where it stopped: finished stages are skipped and an interrupted one resumes
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 class CodecStage:
     config: str
     max_steps: int | None = None
+    start: str = "init"  # init: the previous stage's exported weights; continue: its last.pt with optimizer state
 
 
 @dataclass
@@ -51,13 +53,18 @@ def load_recipe(path: str | Path) -> Recipe:
     for index, entry in enumerate(raw["codec"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("config"), str):
             raise ValueError(f"{path}: codec stage {index + 1} needs a 'config' path")
-        unknown = set(entry) - {"config", "max_steps"}
+        unknown = set(entry) - {"config", "max_steps", "start"}
         if unknown:
             raise ValueError(f"{path}: codec stage {index + 1} has unknown keys {sorted(unknown)}")
         max_steps = entry.get("max_steps")
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
             raise ValueError(f"{path}: codec stage {index + 1}: max_steps must be a positive integer")
-        stages.append(CodecStage(entry["config"], max_steps))
+        start = entry.get("start", "init")
+        if start not in ("init", "continue"):
+            raise ValueError(f"{path}: codec stage {index + 1}: start must be 'init' or 'continue', not {start!r}")
+        if start == "continue" and index == 0:
+            raise ValueError(f"{path}: codec stage 1 has no previous stage to continue")
+        stages.append(CodecStage(entry["config"], max_steps, start))
     simclr = raw.get("simclr", {}) or {}
     args = [str(a) for a in simclr.get("args", [])]
     if "--out" in args or "--resume" in args:
@@ -87,6 +94,7 @@ def plan(recipe: Recipe, work: Path, backbone: Path | None, python: str = sys.ex
             argv.append("--resume")
         commands.append(("simclr", argv, backbone))
     previous: Path | None = None
+    previous_run: Path | None = None
     for index, stage in enumerate(recipe.stages, start=1):
         name = f"stage{index}-{Path(stage.config).stem}"
         config_path = work / f"{name}.yaml"
@@ -98,12 +106,15 @@ def plan(recipe: Recipe, work: Path, backbone: Path | None, python: str = sys.ex
                 "--export", str(exported), "--half", "--quiet", *extra]
         if (run_dir / "last.pt").is_file():
             argv.append("--resume")
+        elif stage.start == "continue" and previous_run is not None:
+            argv += ["--continue-from", str(previous_run / "last.pt")]
         elif previous is not None:
             argv += ["--init-from", str(previous)]
         if stage.max_steps is not None:
             argv += ["--stop-at", str(stage.max_steps)]
         commands.append((name, argv, exported))
         previous = exported
+        previous_run = run_dir
     return commands
 
 

@@ -1,6 +1,7 @@
 """Train the sslic codec.
 
     python -m model_export.train --config configs/default.yaml [--resume] [--max-minutes M]
+        [--init-from CODEC_CHECKPOINT | --continue-from runs/<earlier run>/last.pt]
 
 Everything about a run lives in its config (configs/). A run folder ``runs/<name>/`` holds ``last.pt``
 (resumable state, written every ``checkpoint_every`` steps), ``best.pt`` (best validation loss so far),
@@ -64,6 +65,7 @@ class Trainer:
         if backbone_params:
             groups.append({"params": backbone_params, "lr_scale": train.backbone_lr_scale})
         self.optimizer = torch.optim.Adam(groups, lr=train.lr)
+        self._group_settings = [{"lr": train.lr, "lr_scale": g["lr_scale"]} for g in groups]
         self.aux_optimizer = torch.optim.Adam(aux_params, lr=train.aux_lr)
         self.train_set = ImageSet.from_dir(train.data_dir)
         self.val_set = ImageSet.from_dir(train.val_dir)
@@ -133,6 +135,25 @@ class Trainer:
             "total_train_seconds": summary.get("total_train_seconds", summary.get("train_seconds", 0.0)),
         }
         self.log(f"initialised from {path} (its step {summary.get('step')})")
+
+    def continue_from(self, path: Path) -> None:
+        """Start a new run (new config, step 0) from another run's ``last.pt``: its fp32 weights and its
+        optimizer moments, so a follow-up schedule does not pay for re-estimating Adam's statistics."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        for group, fresh in zip(self.optimizer.param_groups, self._group_settings):
+            group.update(fresh)
+        self.aux_optimizer.param_groups[0]["lr"] = self.config.train.aux_lr
+        lineage = state.get("init_checkpoint") or {}
+        self.init_checkpoint = {
+            "path": str(path),
+            "name": state["config"]["name"],
+            "total_steps": state["step"] + int(lineage.get("total_steps") or 0),
+            "total_train_seconds": state["elapsed"] + float(lineage.get("total_train_seconds") or 0.0),
+        }
+        self.log(f"continued from {path} (its step {state['step']}, weights and optimizer state)")
 
     def save(self, name: str) -> None:
         path = self.run_dir / name
@@ -298,6 +319,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (overrides train.device)")
     parser.add_argument("--vgg19-weights", default=None, help="torchvision VGG-19 state dict for the perceptual term")
     parser.add_argument("--init-from", default=None, help="start a new run from a codec checkpoint's weights")
+    parser.add_argument("--continue-from", default=None,
+                        help="start a new run from another run's last.pt: weights and optimizer state")
     parser.add_argument("--export", default=None, help="write the best weights as a codec checkpoint here")
     parser.add_argument("--half", action="store_true", help="store the exported weights as fp16")
     parser.add_argument("--quiet", action="store_true")
@@ -322,8 +345,12 @@ def main(argv: list[str] | None = None) -> None:
         trainer.load_state(torch.load(last, map_location=device, weights_only=False))
         trainer.log(f"resumed at step {trainer.step}")
     else:
+        if args.init_from and args.continue_from:
+            raise SystemExit("--init-from and --continue-from exclude each other")
         if args.init_from:
             trainer.init_from(Path(args.init_from))
+        if args.continue_from:
+            trainer.continue_from(Path(args.continue_from))
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
     trainer.run(max_minutes=args.max_minutes, max_steps=args.max_steps, stop_at_step=args.stop_at)
     if args.export:

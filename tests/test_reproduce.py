@@ -41,6 +41,8 @@ def test_recipe_of_the_shipped_model_names_existing_configs():
     ("codec: [{config: a.yaml, steps: 3}]", "unknown keys"),
     ("codec: [{config: a.yaml, max_steps: 0}]", "positive integer"),
     ("codec: [{config: a.yaml}]\nsimclr: {args: [--out, x.pt]}", "must not set --out"),
+    ("codec: [{config: a.yaml, start: resume}]", "must be 'init' or 'continue'"),
+    ("codec: [{config: a.yaml, start: continue}]", "no previous stage"),
 ])
 def test_bad_recipes_are_rejected_with_a_reason(tmp_path, text, message):
     path = tmp_path / "recipe.yaml"
@@ -75,3 +77,15 @@ def test_reproduce_runs_every_stage_in_order_chained_and_resumes(tmp_path, small
     commands = plan(load_recipe(recipe), work, backbone)
     second_command = commands[-1][1]
     assert "--resume" in second_command and "--init-from" not in second_command
+
+
+def test_a_continue_stage_starts_from_the_previous_runs_state(tmp_path, small_image_dir):
+    recipe = _write_configs(tmp_path, small_image_dir)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["codec"][1]["start"] = "continue"
+    recipe.write_text(yaml.safe_dump(raw))
+    work = tmp_path / "work"
+    commands = plan(load_recipe(recipe), work, tmp_path / "backbone.pt")
+    second = commands[-1][1]
+    assert second[second.index("--continue-from") + 1] == str(work / "stage1-codec1" / "last.pt")
+    assert "--init-from" not in second

@@ -120,6 +120,41 @@ def test_a_new_run_can_start_from_a_codec_checkpoint(tmp_path, small_image_dir):
     assert summary["total_train_seconds"] >= summary["train_seconds"] > 0
 
 
+def test_a_new_run_can_continue_from_another_runs_state(tmp_path, small_image_dir):
+    first = Trainer(_config(small_image_dir, steps=3), tmp_path / "a", torch.device("cpu"), quiet=True)
+    (tmp_path / "a").mkdir()
+    first.run()
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    config = _config(small_image_dir, steps=2).to_dict()
+    config["name"] = "follow-up"
+    config["train"]["lr_schedule"] = [[0.0, 2e-4]]
+    (tmp_path / "b").mkdir()
+    second = Trainer(ExperimentConfig.from_dict(config), tmp_path / "b", torch.device("cpu"), quiet=True)
+    second.continue_from(tmp_path / "a" / "last.pt")
+    assert second.step == 0 and second.val_history == []
+    for key, value in state["model"].items():
+        torch.testing.assert_close(second.model.state_dict()[key], value)
+    moments = state["optimizer"]["state"]
+    assert moments and all(
+        torch.equal(second.optimizer.state_dict()["state"][k]["exp_avg_sq"], v["exp_avg_sq"]) for k, v in moments.items()
+    )
+    assert [g["lr_scale"] for g in second.optimizer.param_groups] == [g["lr_scale"] for g in first.optimizer.param_groups]
+
+    second.run()
+    assert second.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)  # the new schedule, not the old one
+    _, _, summary = load_codec_checkpoint(second.export(tmp_path / "b.pt", half=False))
+    assert summary["init_checkpoint"]["name"] == "smoke" and summary["init_checkpoint"]["total_steps"] == 3
+    assert summary["total_steps"] == 5
+
+
+def test_init_from_and_continue_from_exclude_each_other(tmp_path, small_image_dir):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(_config(small_image_dir).to_dict()))
+    with pytest.raises(SystemExit, match="exclude"):
+        main(["--config", str(config), "--run-dir", str(tmp_path / "r"), "--quiet",
+              "--init-from", "a.pt", "--continue-from", "b/last.pt"])
+
+
 def test_a_time_limited_stop_validates_the_final_weights(tmp_path, small_image_dir):
     trainer = Trainer(_config(small_image_dir, steps=50), tmp_path, torch.device("cpu"), quiet=True)
     trainer.run(max_minutes=1e-6)  # the deadline passes after the first step

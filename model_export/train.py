@@ -140,6 +140,11 @@ class Trainer:
         """Start a new run (new config, step 0) from another run's ``last.pt``: its fp32 weights and its
         optimizer moments, so a follow-up schedule does not pay for re-estimating Adam's statistics."""
         state = torch.load(path, map_location=self.device, weights_only=False)
+        theirs, ours = dict(state["config"]["model"]), self.config.to_dict()["model"]
+        differing = sorted(k for k in ours if k != "backbone_checkpoint" and theirs.get(k) != ours[k])
+        if differing:
+            raise ValueError(f"{path} holds another model than this config ({', '.join(differing)} differ); "
+                             "--continue-from needs the same model section")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
@@ -350,7 +355,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.init_from:
             trainer.init_from(Path(args.init_from))
         if args.continue_from:
-            trainer.continue_from(Path(args.continue_from))
+            try:
+                trainer.continue_from(Path(args.continue_from))
+            except (FileNotFoundError, ValueError) as exc:
+                raise SystemExit(str(exc)) from exc
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
     trainer.run(max_minutes=args.max_minutes, max_steps=args.max_steps, stop_at_step=args.stop_at)
     if args.export:

@@ -147,6 +147,18 @@ def test_a_new_run_can_continue_from_another_runs_state(tmp_path, small_image_di
     assert summary["total_steps"] == 5
 
 
+def test_continue_from_refuses_another_model(tmp_path, small_image_dir):
+    first = Trainer(_config(small_image_dir, steps=1), tmp_path / "a", torch.device("cpu"), quiet=True)
+    (tmp_path / "a").mkdir()
+    first.run()
+    config = _config(small_image_dir, steps=1).to_dict()
+    config["model"]["finetune_backbone"] = True
+    (tmp_path / "b").mkdir()
+    second = Trainer(ExperimentConfig.from_dict(config), tmp_path / "b", torch.device("cpu"), quiet=True)
+    with pytest.raises(ValueError, match="finetune_backbone differ"):
+        second.continue_from(tmp_path / "a" / "last.pt")
+
+
 def test_init_from_and_continue_from_exclude_each_other(tmp_path, small_image_dir):
     config = tmp_path / "c.json"
     config.write_text(json.dumps(_config(small_image_dir).to_dict()))

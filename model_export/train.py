@@ -32,7 +32,7 @@ from .perceptual import BackboneFeatures, PerceptualLoss, load_vgg19_features
 from .runtime import ensure_fast_malloc, select_device, set_threads
 from .validation import evaluate_images
 
-__all__ = ["Trainer", "learning_rate", "main"]
+__all__ = ["Trainer", "chain_totals", "learning_rate", "main"]
 
 
 def learning_rate(schedule: list[list[float]], progress: float) -> float:
@@ -42,6 +42,13 @@ def learning_rate(schedule: list[list[float]], progress: float) -> float:
         if progress >= fraction:
             lr = value
     return lr
+
+
+def chain_totals(state: dict[str, Any]) -> tuple[int, float]:
+    """Steps and training seconds of a run's state plus those of the chain of runs it started from."""
+    lineage = state.get("init_checkpoint") or {}
+    return (state["step"] + int(lineage.get("total_steps") or 0),
+            state["elapsed"] + float(lineage.get("total_train_seconds") or 0.0))
 
 
 class Trainer:
@@ -151,12 +158,12 @@ class Trainer:
         for group, fresh in zip(self.optimizer.param_groups, self._group_settings):
             group.update(fresh)
         self.aux_optimizer.param_groups[0]["lr"] = self.config.train.aux_lr
-        lineage = state.get("init_checkpoint") or {}
+        total_steps, total_seconds = chain_totals(state)
         self.init_checkpoint = {
             "path": str(path),
             "name": state["config"]["name"],
-            "total_steps": state["step"] + int(lineage.get("total_steps") or 0),
-            "total_train_seconds": state["elapsed"] + float(lineage.get("total_train_seconds") or 0.0),
+            "total_steps": total_steps,
+            "total_train_seconds": total_seconds,
         }
         self.log(f"continued from {path} (its step {state['step']}, weights and optimizer state)")
 
@@ -272,7 +279,7 @@ class Trainer:
 
     def summary(self, state: dict[str, Any]) -> dict[str, Any]:
         best = next((r for r in state["val_history"] if r["step"] == state["step"]), None)
-        lineage = state.get("init_checkpoint") or {}
+        total_steps, total_seconds = chain_totals(state)
         return {
             "name": self.config.name,
             "step": state["step"],
@@ -286,9 +293,9 @@ class Trainer:
                          "sha256": self.val_set.sha256},
             "val": best,
             "skipped_updates": state.get("skipped", 0),
-            "init_checkpoint": lineage or None,
-            "total_steps": state["step"] + int(lineage.get("total_steps") or 0),
-            "total_train_seconds": round(state["elapsed"] + float(lineage.get("total_train_seconds") or 0.0), 1),
+            "init_checkpoint": state.get("init_checkpoint") or None,
+            "total_steps": total_steps,
+            "total_train_seconds": round(total_seconds, 1),
             "val_history": state["val_history"],
             "config": self.config.to_dict(),
         }

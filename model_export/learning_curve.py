@@ -31,8 +31,11 @@ RATES = (0.25, 0.5, 1.0)
 JPEG_QUALITIES = list(range(5, 100, 5))
 
 
-def append_run(history: dict, run_dir: Path, config_path: str, device: str) -> dict:
-    """A run folder's validation points, placed after the last run of ``history`` (returns the new entry)."""
+def append_run(history: dict, run_dir: Path, config_path: str, device: str, init_step: int | None = None) -> dict:
+    """A run folder's validation points, placed after the last run of ``history`` (returns the new entry).
+
+    ``init_step``: the step of the last run that the appended run started from (its best weights, say), when
+    that is not the last run's final step; the last run's points after it leave the lineage."""
     import torch
 
     from .config import load_config
@@ -41,7 +44,14 @@ def append_run(history: dict, run_dir: Path, config_path: str, device: str) -> d
     records = [json.loads(line) for line in (run_dir / "val.jsonl").read_text().splitlines() if line.strip()]
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
     previous = history["runs"][-1] if history["runs"] else None
-    offset = previous["val"][-1]["step"] - previous["val"][-1]["run_step"] + previous["steps"] if previous else 0
+    offset = 0
+    if previous:
+        if init_step is not None:
+            if not 0 < init_step <= previous["steps"]:
+                raise ValueError(f"--init-step {init_step} is not a step of {previous['name']} (1..{previous['steps']})")
+            previous["val"] = [point for point in previous["val"] if point["run_step"] <= init_step]
+            previous["steps"] = init_step
+        offset = previous["val"][0]["step"] - previous["val"][0]["run_step"] + previous["steps"]
     entry = {
         "name": config.name,
         "config": config_path,
@@ -155,6 +165,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--append", default=None, help="a run folder to add after the last run of the history")
     parser.add_argument("--config", default=None, help="the appended run's config")
     parser.add_argument("--device", default="cpu (2 cores)", help="where the appended run trained")
+    parser.add_argument("--init-step", type=int, default=None,
+                        help="the last run's step the appended run started from (default: its final step)")
     parser.add_argument("--val", default=None, help="val images (default: the history's first config's val_dir)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
     return parser.parse_args(argv)
@@ -167,7 +179,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.append:
         if not args.config:
             raise SystemExit("--append needs --config")
-        append_run(history, Path(args.append), args.config, args.device)
+        try:
+            append_run(history, Path(args.append), args.config, args.device, args.init_step)
+        except ValueError as error:
+            raise SystemExit(str(error)) from error
         history_path.write_text(json.dumps(history, indent=1) + "\n")
     val_dir = args.val or str(REPO.parent / "shared" / "data" / "val")
     jpeg = jpeg_curve(ImageSet.from_dir(val_dir))

@@ -47,3 +47,20 @@ def test_append_run_continues_the_step_axis(tmp_path):
     assert entry["steps"] == 100 and entry["train_seconds"] == 123
     append_run(history, run, "configs/default_continue3.yaml", "cpu")
     assert [r["name"] for r in history["runs"]] == ["first", "default-c4"]
+
+
+def test_append_run_from_an_earlier_step_drops_the_abandoned_points(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "val.jsonl").write_text(json.dumps({"step": 50, "bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [20, 21, 22, 23]}) + "\n")
+    torch.save({"step": 50, "elapsed": 10.0}, run / "last.pt")
+    history = _history()
+    first = history["runs"][0]
+    kept = [p["run_step"] for p in first["val"] if p["run_step"] <= 100]
+    entry = append_run(history, run, "configs/default_continue3.yaml", "cpu", init_step=100)
+    assert [p["run_step"] for p in history["runs"][0]["val"]] == kept
+    assert history["runs"][0]["steps"] == 100
+    start = first["val"][0]["step"] - first["val"][0]["run_step"]
+    assert [p["step"] for p in entry["val"]] == [start + 100 + 50]
+    with pytest.raises(ValueError, match="not a step of"):
+        append_run(history, run, "configs/default_continue3.yaml", "cpu", init_step=10_000)

@@ -43,15 +43,17 @@ def append_run(history: dict, run_dir: Path, config_path: str, device: str, init
     config = load_config(config_path)
     records = [json.loads(line) for line in (run_dir / "val.jsonl").read_text().splitlines() if line.strip()]
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
-    previous = history["runs"][-1] if history["runs"] else None
+    earlier = [run for run in history["runs"] if run["name"] != config.name]
+    previous = earlier[-1] if earlier else None
     offset = 0
     if previous:
+        start = previous["val"][0]["step"] - previous["val"][0]["run_step"]
         if init_step is not None:
             if not 0 < init_step <= previous["steps"]:
                 raise ValueError(f"--init-step {init_step} is not a step of {previous['name']} (1..{previous['steps']})")
             previous["val"] = [point for point in previous["val"] if point["run_step"] <= init_step]
             previous["steps"] = init_step
-        offset = previous["val"][0]["step"] - previous["val"][0]["run_step"] + previous["steps"]
+        offset = start + previous["steps"]
     entry = {
         "name": config.name,
         "config": config_path,
@@ -63,7 +65,7 @@ def append_run(history: dict, run_dir: Path, config_path: str, device: str, init
         "val": [{"step": offset + r["step"], "run_step": r["step"], "bpp": [round(b, 4) for b in r["bpp"]],
                  "psnr": [round(q, 3) for q in r["psnr"]]} for r in records],
     }
-    history["runs"] = [run for run in history["runs"] if run["name"] != entry["name"]] + [entry]
+    history["runs"] = earlier + [entry]
     return entry
 
 

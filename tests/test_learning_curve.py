@@ -47,6 +47,7 @@ def test_append_run_continues_the_step_axis(tmp_path):
     assert entry["steps"] == 100 and entry["train_seconds"] == 123
     append_run(history, run, "configs/default_continue3.yaml", "cpu")
     assert [r["name"] for r in history["runs"]] == ["first", "default-c4"]
+    assert [p["step"] for p in history["runs"][-1]["val"]] == [250, 300]  # re-appending does not shift the run
 
 
 def test_append_run_from_an_earlier_step_drops_the_abandoned_points(tmp_path):

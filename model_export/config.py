@@ -102,10 +102,15 @@ class TrainConfig:
     # "bf16": convolutions and matmuls of the forward and backward pass in bfloat16 autocast (weights, optimizer,
     # entropy models and loss stay fp32); 1.9× faster per step on our AVX512-BF16 CPUs (docs/training.md)
     precision: str = "fp32"
+    # what the decoder sees in training: "noise" (y + U(−½, ½), as the paper) or "round" (the rounded latents of
+    # inference with a straight-through gradient; the rate term keeps the noisy proxy); docs/training.md
+    decoder_input: str = "noise"
 
     def validate(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError("train.precision must be 'fp32' or 'bf16'")
+        if self.decoder_input not in ("noise", "round"):
+            raise ConfigError("train.decoder_input must be 'noise' or 'round'")
 
 
 @dataclass

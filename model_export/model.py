@@ -18,7 +18,7 @@ from .attention import SelfAttention
 from .backbone import LearnedStem, ResNet50Group1, load_simclr_backbone
 from .config import ModelConfig
 from .decoder import SharedDecoder
-from .entropy import EntropyBottleneck
+from .entropy import EntropyBottleneck, quantize
 from .pyramid import FeaturePyramid
 
 __all__ = ["SSLIC", "pad_to_multiple", "crop_to"]
@@ -131,17 +131,27 @@ class SSLIC(nn.Module):
         """Downscaling factor of each level's latent relative to the image (level 1 first)."""
         return [4 * 2 ** (self.levels - i + 1) for i in range(1, self.levels + 1)]
 
-    def forward(self, x: Tensor, levels: list[int] | None = None) -> dict[str, list[Tensor]]:
+    def forward(self, x: Tensor, levels: list[int] | None = None,
+                decoder_input: str = "noise") -> dict[str, list[Tensor]]:
         """x: (B,3,H,W) in [0,1] with H, W multiples of ``padding_multiple``.
 
-        Returns ``x_hat``, ``likelihoods`` and ``y`` lists (level 1 first) for the requested levels.
+        Returns ``x_hat``, ``likelihoods`` and ``y`` lists (level 1 first) for the requested levels. In training
+        the likelihoods are always those of y + U(−½, ½); ``decoder_input`` chooses what the decoder sees:
+        ``noise`` (the same noisy latents, as in the paper) or ``round`` (the rounded latents it gets at
+        inference, with a straight-through gradient: "mixed quantisation", Minnen & Singh 2020).
         """
+        if decoder_input not in ("noise", "round"):
+            raise ValueError(f"decoder_input must be 'noise' or 'round', not {decoder_input!r}")
         levels = levels or list(range(1, self.levels + 1))
         latents = self.encoder(x)
         out: dict[str, list[Tensor]] = {"x_hat": [], "likelihoods": [], "y": []}
         for level in levels:
             y = latents[level - 1]
-            y_hat, likelihoods = self.entropy[level - 1](y)
+            bottleneck = self.entropy[level - 1]
+            y_hat, likelihoods = bottleneck(y)
+            if self.training and decoder_input == "round":
+                y_float = y.float()
+                y_hat = y_float + (quantize(y_float, "round", bottleneck.medians()) - y_float).detach()
             out["x_hat"].append(self.decoder(y_hat, level))
             out["likelihoods"].append(likelihoods)
             out["y"].append(y)

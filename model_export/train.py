@@ -200,7 +200,7 @@ class Trainer:
         ``skip_spikes`` × ``reference_loss``, is not applied, so one bad batch cannot wreck the run."""
         x = self.sampler.batch(self.config.train.batch_size).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.precision == "bf16"):
-            output = self.model(x)
+            output = self.model(x, decoder_input=self.config.train.decoder_input)
             loss, terms = self.criterion(x, output)
         value = float(loss.detach())
         spike = self.config.train.skip_spikes

@@ -103,3 +103,27 @@ def test_pixel_shortcut_appends_the_exact_pixels():
     torch.testing.assert_close(features[:, 256:], torch.nn.functional.pixel_unshuffle(x - 0.5, 4))
     plain = SSLIC(tiny_model_config(pixel_shortcut=False)).eval()
     assert plain.encoder.features(x).shape == (1, 256, 8, 16)
+
+
+def test_rounded_decoder_input_is_what_inference_decodes_with_a_straight_through_gradient():
+    torch.manual_seed(0)
+    model = SSLIC(tiny_model_config()).train()
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x, decoder_input="round")
+    noisy = model(x, decoder_input="noise")
+    for level, (y, x_hat) in enumerate(zip(out["y"], out["x_hat"]), start=1):
+        medians = model.entropy[level - 1].medians()
+        expected = model.decoder(torch.round(y - medians) + medians, level)
+        assert torch.allclose(x_hat, expected, atol=1e-6)
+        assert not torch.allclose(noisy["x_hat"][level - 1], expected, atol=1e-4)
+    out["x_hat"][-1].square().mean().backward()
+    pyramid_grads = [p.grad for p in model.encoder.pyramid.parameters() if p.grad is not None]
+    assert pyramid_grads and any(g.abs().sum() > 0 for g in pyramid_grads)
+
+
+def test_decoder_input_must_be_noise_or_round():
+    model = SSLIC(tiny_model_config()).train()
+    with pytest.raises(ValueError, match="decoder_input"):
+        model(torch.rand(1, 3, 64, 64), decoder_input="soft")
+    with pytest.raises(ConfigError, match="decoder_input"):
+        ExperimentConfig.from_dict({"train": {"decoder_input": "soft"}})

@@ -35,6 +35,14 @@ def test_recipe_of_the_shipped_model_names_existing_configs():
         assert (yaml.safe_load(open(stage.config))["name"]).startswith("default")
 
 
+def test_recipe_ends_with_the_run_and_step_that_ship():
+    shipped = json.loads(open("checkpoints/sslic_default.json").read())
+    final = load_recipe("configs/recipe.yaml").stages[-1]
+    config = yaml.safe_load(open(final.config))
+    assert config["name"] == shipped["name"]
+    assert (final.max_steps or config["train"]["steps"]) == shipped["step"]
+
+
 @pytest.mark.parametrize("text, message", [
     ("codec: []", "non-empty"),
     ("codec: [{max_steps: 3}]", "needs a 'config'"),

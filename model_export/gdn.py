@@ -24,14 +24,26 @@ class _LowerBoundFunction(torch.autograd.Function):
         return pass_through.type(grad_output.dtype) * grad_output, None
 
 
+def _drop_constants(state_dict: dict, prefix: str, names: tuple[str, ...]) -> None:
+    """Checkpoints written before these constants became non-persistent buffers still hold them, and fp16
+    exports hold them rounded to zero (2⁻³⁶ and 1e-9 underflow in fp16): the constructor's values win."""
+    for name in names:
+        state_dict.pop(prefix + name, None)
+
+
 class LowerBound(nn.Module):
-    """Lower-bounds its input; differentiable in the direction that leaves the bound."""
+    """Lower-bounds its input; differentiable in the direction that leaves the bound. The bound is a constant of
+    the architecture, not state: it is not saved in checkpoints."""
 
     bound: Tensor
 
     def __init__(self, bound: float):
         super().__init__()
-        self.register_buffer("bound", torch.tensor([float(bound)]))
+        self.register_buffer("bound", torch.tensor([float(bound)]), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        _drop_constants(state_dict, prefix, ("bound",))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or not x.requires_grad:
@@ -47,8 +59,12 @@ class NonNegativeParametrizer(nn.Module):
     def __init__(self, minimum: float = 0.0, reparam_offset: float = 2**-18):
         super().__init__()
         pedestal = reparam_offset**2
-        self.register_buffer("pedestal", torch.tensor([pedestal]))
+        self.register_buffer("pedestal", torch.tensor([pedestal]), persistent=False)
         self.lower_bound = LowerBound((minimum + pedestal) ** 0.5)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        _drop_constants(state_dict, prefix, ("pedestal",))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def init(self, x: Tensor) -> Tensor:
         return torch.sqrt(torch.clamp(x + self.pedestal, min=self.pedestal))

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from model_export.gdn import GDN, IGDN, LowerBound, NonNegativeParametrizer
@@ -62,3 +63,36 @@ def test_gdn_gradients_reach_parameters():
     assert gdn.beta.grad is not None and torch.any(gdn.beta.grad != 0)
     assert gdn.gamma.grad is not None and torch.any(gdn.gamma.grad != 0)
     assert isinstance(gdn.beta_reparam, NonNegativeParametrizer)
+
+
+def test_constants_are_not_state_and_legacy_fp16_zeros_are_ignored():
+    """fp16 exports used to store the pedestal (2⁻³⁶) and the likelihood floor (1e-9) rounded to zero."""
+    gdn = GDN(3)
+    assert not any("pedestal" in key or "bound" in key for key in gdn.state_dict())
+    legacy = dict(gdn.state_dict())
+    legacy["beta_reparam.pedestal"] = torch.zeros(1)
+    legacy["beta_reparam.lower_bound.bound"] = torch.zeros(1)
+    legacy["gamma_reparam.pedestal"] = torch.zeros(1)
+    legacy["gamma_reparam.lower_bound.bound"] = torch.zeros(1)
+    fresh = GDN(3)
+    fresh.load_state_dict(legacy)
+    assert fresh.beta_reparam.pedestal.item() == 2.0**-36
+    assert fresh.beta_reparam.lower_bound.bound.item() > 0 and fresh.gamma_reparam.lower_bound.bound.item() > 0
+
+
+def test_likelihood_floor_survives_an_fp16_checkpoint(tmp_path):
+    from model_export.checkpoint import load_codec_checkpoint, save_codec_checkpoint
+    from model_export.config import ExperimentConfig, LossConfig
+    from model_export.model import SSLIC
+    from tests.conftest import tiny_model_config
+
+    three_levels = LossConfig(alpha=[1.0, 2.0, 3.0], beta=[0.0, 0.0, 0.0], gamma=[1.0, 0.9, 0.8])
+    config = ExperimentConfig(model=tiny_model_config(), loss=three_levels)
+    model = SSLIC(config.model, load_backbone_weights=False)
+    path = save_codec_checkpoint(tmp_path / "codec.pt", model, config, {"name": "floor"}, half=True)
+    loaded, _, _ = load_codec_checkpoint(path)
+    bottleneck = loaded.entropy[0]
+    far_out = torch.full((1, bottleneck.channels, 1, 1), 1e4)
+    _, likelihood = bottleneck(far_out, training=False)
+    assert likelihood.min().item() == pytest.approx(1e-9)  # the floor, not fp16 zero
+    assert torch.isfinite(-torch.log2(likelihood)).all()

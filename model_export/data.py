@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["ImageSet", "load_image", "CropSampler", "IMAGE_SUFFIXES"]
+__all__ = ["BatchPrefetcher", "ImageSet", "load_image", "CropSampler", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -77,27 +78,60 @@ class CropSampler:
     def load_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
-    def sample_crop(self) -> np.ndarray:
-        image = self.images[self.rng.choice(len(self.images), p=self.weights)]
-        h, w = image.shape[:2]
+    def draw(self) -> tuple[int, int, int, int, bool, bool]:
+        """Random parameters of one crop: (image index, top, left, source side, flip left-right, flip up-down)."""
+        index = int(self.rng.choice(len(self.images), p=self.weights))
+        h, w = self.images[index].shape[:2]
         scale = 1.0
         if min(h, w) >= self.downscale_min_side:
             scale = float(self.rng.uniform(self.min_downscale, 1.0))
-        source = int(round(self.crop / scale))
-        if source > min(h, w):
-            source = min(h, w)
+        source = min(int(round(self.crop / scale)), h, w)
         top = int(self.rng.integers(0, h - source + 1))
         left = int(self.rng.integers(0, w - source + 1))
-        region = image[top : top + source, left : left + source]
+        return index, top, left, source, bool(self.rng.random() < 0.5), bool(self.rng.random() < 0.5)
+
+    def cut(self, params: tuple[int, int, int, int, bool, bool]) -> np.ndarray:
+        """The pixels of a crop drawn by :meth:`draw` (thread-safe: PIL releases the GIL while resizing)."""
+        index, top, left, source, flip_lr, flip_ud = params
+        region = self.images[index][top : top + source, left : left + source]
         if source != self.crop:
             region = np.asarray(Image.fromarray(region).resize((self.crop, self.crop), Image.BICUBIC))
-        if self.rng.random() < 0.5:
+        if flip_lr:
             region = region[:, ::-1]
-        if self.rng.random() < 0.5:
+        if flip_ud:
             region = region[::-1]
         return region
 
-    def batch(self, size: int) -> torch.Tensor:
-        """(size, 3, crop, crop) float32 in [0, 1]."""
-        crops = np.stack([self.sample_crop() for _ in range(size)])
-        return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+    def sample_crop(self) -> np.ndarray:
+        return self.cut(self.draw())
+
+    def batch(self, size: int, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+        """(size, 3, crop, crop) float32 in [0, 1]; the same batch with or without a thread pool."""
+        params = [self.draw() for _ in range(size)]
+        crops = list(pool.map(self.cut, params)) if pool else [self.cut(p) for p in params]
+        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class BatchPrefetcher:
+    """Cuts the next batch on ``threads`` worker threads while the current one trains (for GPU training, where
+    cropping in the training thread would leave the accelerator idle). The sampler's random state runs one batch
+    ahead of the batches handed out, so a resumed run skips one batch."""
+
+    def __init__(self, sampler: CropSampler, size: int, threads: int):
+        self.sampler = sampler
+        self.size = size
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crops")
+        self.feeder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+        self.pending = self.feeder.submit(self._make)
+
+    def _make(self) -> torch.Tensor:
+        return self.sampler.batch(self.size, self.pool)
+
+    def next(self) -> torch.Tensor:
+        batch = self.pending.result()
+        self.pending = self.feeder.submit(self._make)
+        return batch
+
+    def close(self) -> None:
+        self.feeder.shutdown(wait=True)
+        self.pool.shutdown(wait=True)

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from .backbone import ResNet50Group1, load_simclr_backbone
 from .checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from .config import ExperimentConfig, load_config
-from .data import CropSampler, ImageSet
+from .data import BatchPrefetcher, CropSampler, ImageSet
 from .losses import RateDistortionLoss, psnr_from_mse
 from .model import SSLIC
 from .perceptual import BackboneFeatures, PerceptualLoss, load_vgg19_features
-from .runtime import ensure_fast_malloc, select_device, set_threads
+from .runtime import describe_device, ensure_fast_malloc, select_device, set_threads
 from .validation import evaluate_images
 
 __all__ = ["Trainer", "chain_totals", "learning_rate", "main"]
@@ -52,7 +52,8 @@ def chain_totals(state: dict[str, Any]) -> tuple[int, float]:
 
 
 class Trainer:
-    def __init__(self, config: ExperimentConfig, run_dir: Path, device: torch.device, quiet: bool = False):
+    def __init__(self, config: ExperimentConfig, run_dir: Path, device: torch.device, quiet: bool = False,
+                 validation: bool = True, loader_threads: int = 0):
         self.config = config
         self.run_dir = run_dir
         self.device = device
@@ -75,10 +76,17 @@ class Trainer:
         self._group_settings = [{"lr": train.lr, "lr_scale": g["lr_scale"]} for g in groups]
         self.aux_optimizer = torch.optim.Adam(aux_params, lr=train.aux_lr)
         self.train_set = ImageSet.from_dir(train.data_dir)
-        self.val_set = ImageSet.from_dir(train.val_dir)
+        # without validation (a machine that holds only the training images) nothing is selected or exported
+        # here: the run writes weight snapshots that --adopt-snapshots validates elsewhere
+        self.val_set = ImageSet.from_dir(train.val_dir) if validation else None
         self.sampler = CropSampler(
             self.train_set.images, train.crop, train.min_downscale, train.downscale_min_side, seed=train.seed
         )
+        self.loader_threads = loader_threads
+        self.prefetcher: BatchPrefetcher | None = None
+        self.trained_on = describe_device(device)
+        self.trained_with = {"torch": str(torch.__version__), "train_data": {
+            "dir": train.data_dir, "images": len(self.train_set.names), "sha256": self.train_set.sha256}}
         self.step = 0
         self.elapsed = 0.0
         self.best_val_loss = math.inf
@@ -114,6 +122,8 @@ class Trainer:
             "val_history": self.val_history,
             "skipped": self.skipped,
             "init_checkpoint": self.init_checkpoint,
+            "trained_on": self.trained_on,
+            "trained_with": self.trained_with,
             "config": self.config.to_dict(),
         }
 
@@ -122,7 +132,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.sampler.load_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         self.step = state["step"]
         self.elapsed = state["elapsed"]
         self.best_val_loss = state["best_val_loss"]
@@ -130,6 +140,7 @@ class Trainer:
         self.val_history = state["val_history"]
         self.skipped = state.get("skipped", 0)
         self.init_checkpoint = state.get("init_checkpoint")
+        self.trained_on = state.get("trained_on", self.trained_on)
 
     def init_from(self, path: Path) -> None:
         """Start from a codec checkpoint's weights (same architecture); optimizer and step start afresh."""
@@ -143,15 +154,18 @@ class Trainer:
         }
         self.log(f"initialised from {path} (its step {summary.get('step')})")
 
-    def continue_from(self, path: Path) -> None:
-        """Start a new run (new config, step 0) from another run's ``last.pt``: its fp32 weights and its
-        optimizer moments, so a follow-up schedule does not pay for re-estimating Adam's statistics."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+    def _check_same_model(self, state: dict[str, Any], path: Path, option: str) -> None:
         theirs, ours = dict(state["config"]["model"]), self.config.to_dict()["model"]
         differing = sorted(k for k in ours if k != "backbone_checkpoint" and theirs.get(k) != ours[k])
         if differing:
             raise ValueError(f"{path} holds another model than this config ({', '.join(differing)} differ); "
-                             "--continue-from needs the same model section")
+                             f"{option} needs the same model section")
+
+    def continue_from(self, path: Path) -> None:
+        """Start a new run (new config, step 0) from another run's ``last.pt``: its fp32 weights and its
+        optimizer moments, so a follow-up schedule does not pay for re-estimating Adam's statistics."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self._check_same_model(state, path, "--continue-from")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
@@ -172,6 +186,37 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         torch.save(self.state(), tmp)
         tmp.replace(path)
+
+    def save_snapshot(self, directory: Path) -> Path:
+        """The weights (fp16) and bookkeeping of this step, without optimizer state: small enough to bring
+        back from a borrowed accelerator (~14 MB), and enough for :meth:`adopt_snapshot` to validate and
+        export them. Not resumable."""
+        state = self.state()
+        del state["optimizer"], state["aux_optimizer"]
+        state["model"] = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+                          for k, v in state["model"].items()}
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"snapshot-{self.step:06d}.pt"
+        torch.save(state, path)
+        self.log(f"snapshot {path} at step {self.step}")
+        return path
+
+    def adopt_snapshot(self, path: Path) -> dict[str, Any]:
+        """Take over a snapshot written by :meth:`save_snapshot` (on another machine, say) and validate it:
+        its step, time, lineage and device become this run's, and ``best.pt`` follows the validation loss.
+        The optimizer state stays fresh, so ``last.pt`` continues with re-estimated Adam moments."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self._check_same_model(state, path, "--adopt-snapshots")
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
+        self.sampler.load_state(state["sampler"])
+        self.step = state["step"]
+        self.elapsed = state["elapsed"]
+        self.skipped = state.get("skipped", 0)
+        self.init_checkpoint = state.get("init_checkpoint")
+        self.trained_on = state.get("trained_on", self.trained_on)
+        self.trained_with = state.get("trained_with", self.trained_with)
+        self.log(f"adopted {path} (step {self.step}, trained on {self.trained_on})")
+        return self.validate()
 
     # -- loop ----------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -195,10 +240,18 @@ class Trainer:
         self.log(f"val step {self.step}: " + json.dumps(record))
         return record
 
+    def next_batch(self) -> torch.Tensor:
+        size = self.config.train.batch_size
+        if self.loader_threads <= 0:
+            return self.sampler.batch(size).to(self.device)
+        if self.prefetcher is None:
+            self.prefetcher = BatchPrefetcher(self.sampler, size, self.loader_threads)
+        return self.prefetcher.next().to(self.device, non_blocking=True)
+
     def train_step(self, reference_loss: float | None = None) -> tuple[float, list, bool]:
         """One update; returns (loss, per-level terms, applied). A non-finite loss, or one above
         ``skip_spikes`` × ``reference_loss``, is not applied, so one bad batch cannot wreck the run."""
-        x = self.sampler.batch(self.config.train.batch_size).to(self.device)
+        x = self.next_batch()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.precision == "bf16"):
             output = self.model(x, decoder_input=self.config.train.decoder_input)
             loss, terms = self.criterion(x, output)
@@ -222,22 +275,29 @@ class Trainer:
         return value, terms, True
 
     def run(self, max_minutes: float | None = None, max_steps: int | None = None,
-            stop_at_step: int | None = None) -> None:
+            stop_at_step: int | None = None, time_budget_minutes: float | None = None,
+            snapshot_fractions: tuple[float, ...] = (), snapshot_dir: Path | None = None) -> None:
         """Train to ``train.steps``, or fewer: ``max_steps`` more steps, up to step ``stop_at_step``, or until
-        ``max_minutes`` have passed. The learning-rate schedule always spans ``train.steps``; a run that stops
-        early validates its final weights, so ``best.pt`` can be them."""
+        ``max_minutes`` have passed. The learning-rate schedule spans ``train.steps``, or with
+        ``time_budget_minutes`` that many minutes of training time (for a borrowed accelerator whose speed is
+        not known in advance; the run stops when they are spent). ``snapshot_fractions`` of that budget write
+        weight snapshots to ``snapshot_dir``. A run that stops early validates its final weights, so
+        ``best.pt`` can be them."""
         train = self.config.train
         total = train.steps
         stop_at = min(total, self.step + max_steps) if max_steps else total
         if stop_at_step:
             stop_at = min(stop_at, stop_at_step)
         deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+        budget = time_budget_minutes * 60 if time_budget_minutes else None
+        pending_snapshots = sorted(f for f in snapshot_fractions if budget and self.elapsed < f * budget)
         self.model.train()
         bar = tqdm(total=total, initial=self.step, desc=self.config.name, dynamic_ncols=True, disable=self.quiet)
         ema: dict[str, float] = {}
         last = time.monotonic()
-        while self.step < stop_at:
-            lr = learning_rate(train.lr_schedule, self.step / total)
+        while self.step < stop_at and not (budget and self.elapsed >= budget):
+            progress = self.elapsed / budget if budget else self.step / total
+            lr = learning_rate(train.lr_schedule, progress)
             if train.warmup_steps:
                 lr *= min(1.0, (self.step + 1) / train.warmup_steps)
             for group in self.optimizer.param_groups:
@@ -264,8 +324,12 @@ class Trainer:
             if self.step % train.log_every == 0:
                 perceptual = " ".join(f"{ema[f'p{i}']:.4f}" for i in levels)
                 self.log(f"step {self.step} lr {lr:.2e} elapsed {self.elapsed:.0f}s {postfix} | P {perceptual}")
-            if self.step % train.eval_every == 0 or self.step == total:
+            if self.val_set is not None and (self.step % train.eval_every == 0 or self.step == total):
                 self.validate()
+                last = time.monotonic()
+            while pending_snapshots and self.elapsed >= pending_snapshots[0] * budget:
+                pending_snapshots.pop(0)
+                self.save_snapshot(snapshot_dir)
                 last = time.monotonic()
             if self.step % train.checkpoint_every == 0:
                 self.save("last.pt")
@@ -273,7 +337,13 @@ class Trainer:
                 self.log(f"stopping at step {self.step}: --max-minutes reached")
                 break
         bar.close()
-        if self.step < total and (not self.val_history or self.val_history[-1]["step"] != self.step):
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
+        if snapshot_dir is not None and not (snapshot_dir / f"snapshot-{self.step:06d}.pt").exists():
+            self.save_snapshot(snapshot_dir)
+        if self.val_set is not None and self.step < total \
+                and (not self.val_history or self.val_history[-1]["step"] != self.step):
             self.validate()
         self.save("last.pt")
 
@@ -284,11 +354,10 @@ class Trainer:
             "name": self.config.name,
             "step": state["step"],
             "train_seconds": round(state["elapsed"], 1),
-            "device": str(self.device),
+            "device": state.get("trained_on") or str(self.device),
             "cpu": platform.processor() or platform.machine(),
-            "torch": str(torch.__version__),
-            "train_data": {"dir": self.config.train.data_dir, "images": len(self.train_set.names),
-                           "sha256": self.train_set.sha256},
+            "torch": state.get("trained_with", self.trained_with)["torch"],
+            "train_data": state.get("trained_with", self.trained_with)["train_data"],
             "val_data": {"dir": self.config.train.val_dir, "images": len(self.val_set.names),
                          "sha256": self.val_set.sha256},
             "val": best,
@@ -336,6 +405,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export", default=None, help="write the best weights as a codec checkpoint here")
     parser.add_argument("--half", action="store_true", help="store the exported weights as fp16")
     parser.add_argument("--quiet", action="store_true")
+    accelerator = parser.add_argument_group("training on a borrowed accelerator (docs/training.md)")
+    accelerator.add_argument("--data-dir", default=None, help="training images (overrides train.data_dir)")
+    accelerator.add_argument("--no-val", action="store_true",
+                             help="no validation images here: train, write snapshots, select nothing")
+    accelerator.add_argument("--loader-threads", type=int, default=0,
+                             help="cut crops on this many threads, one batch ahead (0: in the training thread)")
+    accelerator.add_argument("--time-budget", type=float, default=None,
+                             help="minutes of training; the learning-rate schedule spans them instead of train.steps")
+    accelerator.add_argument("--snapshots", default="",
+                             help="comma-separated fractions of --time-budget at which to write weight snapshots")
+    accelerator.add_argument("--snapshot-dir", default=None, help="where snapshots go (default: <run-dir>/snapshots)")
+    accelerator.add_argument("--adopt-snapshots", default=None,
+                             help="validate the snapshots of this folder in step order as this run's history "
+                                  "(best.pt, val.jsonl, last.pt with fresh optimizer state), then --export")
     return parser.parse_args(argv)
 
 
@@ -347,12 +430,39 @@ def main(argv: list[str] | None = None) -> None:
     if args.vgg19_weights:
         config.loss.vgg19_weights = args.vgg19_weights
         config.loss.perceptual = "vgg19"
+    if args.data_dir:
+        config.train.data_dir = args.data_dir
+    if args.no_val and args.export:
+        raise SystemExit("--export needs validation images; export after --adopt-snapshots instead")
+    if args.time_budget is None and args.snapshots:
+        raise SystemExit("--snapshots are fractions of --time-budget")
+    try:
+        snapshot_fractions = tuple(float(f) for f in args.snapshots.split(",") if f.strip())
+    except ValueError as exc:
+        raise SystemExit(f"--snapshots: {exc}") from exc
     set_threads(config.train.threads)
     device = select_device(args.device or config.train.device)
     run_dir = Path(args.run_dir or Path("runs") / config.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, run_dir, device, quiet=args.quiet)
+    snapshot_dir = Path(args.snapshot_dir) if args.snapshot_dir else run_dir / "snapshots"
+    trainer = Trainer(config, run_dir, device, quiet=args.quiet, validation=not args.no_val,
+                      loader_threads=args.loader_threads)
     last = run_dir / "last.pt"
+    if args.adopt_snapshots:
+        snapshots = sorted(Path(args.adopt_snapshots).glob("snapshot-*.pt"))
+        if not snapshots:
+            raise SystemExit(f"no snapshot-*.pt in {args.adopt_snapshots}")
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        for path in snapshots:
+            try:
+                record = trainer.adopt_snapshot(path)
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from exc
+            print(json.dumps({"snapshot": path.name, "step": record["step"], "val_loss": record["val_loss"]}))
+        trainer.save("last.pt")
+        if args.export:
+            print(f"exported {trainer.export(Path(args.export), half=args.half)}")
+        return
     if args.resume and last.is_file():
         trainer.load_state(torch.load(last, map_location=device, weights_only=False))
         trainer.log(f"resumed at step {trainer.step}")
@@ -367,7 +477,9 @@ def main(argv: list[str] | None = None) -> None:
             except (FileNotFoundError, ValueError) as exc:
                 raise SystemExit(str(exc)) from exc
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    trainer.run(max_minutes=args.max_minutes, max_steps=args.max_steps, stop_at_step=args.stop_at)
+    trainer.run(max_minutes=args.max_minutes, max_steps=args.max_steps, stop_at_step=args.stop_at,
+                time_budget_minutes=args.time_budget, snapshot_fractions=snapshot_fractions,
+                snapshot_dir=snapshot_dir if args.time_budget else None)
     if args.export:
         path = trainer.export(Path(args.export), half=args.half)
         print(f"exported {path}")

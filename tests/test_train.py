@@ -227,3 +227,80 @@ def test_unknown_precision_is_rejected(small_image_dir):
     data["train"]["precision"] = "fp8"
     with pytest.raises(ConfigError, match="precision"):
         ExperimentConfig.from_dict(data)
+
+
+def test_crops_cut_on_threads_equal_crops_cut_in_line(small_image_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model_export.data import BatchPrefetcher, CropSampler, ImageSet
+
+    images = ImageSet.from_dir(small_image_dir).images
+    in_line = CropSampler(images, 96, downscale_min_side=100, seed=3)
+    threaded = CropSampler(images, 96, downscale_min_side=100, seed=3)
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(3):
+            torch.testing.assert_close(threaded.batch(4, pool), in_line.batch(4), rtol=0, atol=0)
+    reference = CropSampler(images, 96, downscale_min_side=100, seed=5)
+    prefetcher = BatchPrefetcher(CropSampler(images, 96, downscale_min_side=100, seed=5), 4, threads=2)
+    try:
+        for _ in range(3):
+            torch.testing.assert_close(prefetcher.next(), reference.batch(4), rtol=0, atol=0)
+    finally:
+        prefetcher.close()
+
+
+def test_time_budget_snapshots_are_adopted_validated_and_exported(tmp_path, small_image_dir):
+    config = _config(small_image_dir, steps=1000).to_dict()
+    config["train"]["eval_every"] = 1000
+    config_path = tmp_path / "cfg.yaml"
+    import yaml
+
+    config_path.write_text(yaml.safe_dump(config))
+    # "elsewhere": packed images, no validation, crops on threads, a time budget instead of a step count
+    from model_export.pack_data import pack_images
+
+    pack_images(small_image_dir, tmp_path / "packed", quality=92)
+    main(["--config", str(config_path), "--run-dir", str(tmp_path / "away"), "--quiet", "--no-val",
+          "--data-dir", str(tmp_path / "packed"),
+          "--loader-threads", "2", "--time-budget", "0.05", "--snapshots", "0.5",
+          "--snapshot-dir", str(tmp_path / "snapshots")])
+    snapshots = sorted((tmp_path / "snapshots").glob("snapshot-*.pt"))
+    assert len(snapshots) == 2 and not (tmp_path / "away" / "val.jsonl").exists()
+    state = torch.load(snapshots[-1], weights_only=False)
+    assert "optimizer" not in state and 0 < state["step"] < 1000 and state["elapsed"] >= 3.0
+    assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
+
+    # "here": validate them in step order, keep the best, export with the lineage of the snapshots
+    main(["--config", str(config_path), "--run-dir", str(tmp_path / "home"), "--quiet",
+          "--adopt-snapshots", str(tmp_path / "snapshots"), "--export", str(tmp_path / "codec.pt"), "--half"])
+    records = [json.loads(line) for line in (tmp_path / "home" / "val.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == sorted(torch.load(p, weights_only=False)["step"] for p in snapshots)
+    _, _, summary = load_codec_checkpoint(tmp_path / "codec.pt")
+    best = min(records, key=lambda r: r["val_loss"])
+    assert summary["step"] == best["step"] and summary["device"] == "cpu"
+    assert summary["train_data"]["dir"] == str(tmp_path / "packed")  # what it was trained on, not what is here
+    assert summary["val"]["bpp"] == pytest.approx(best["bpp"], rel=1e-6)
+
+
+def test_snapshot_options_are_checked(tmp_path, small_image_dir):
+    config_path = tmp_path / "cfg.yaml"
+    import yaml
+
+    config_path.write_text(yaml.safe_dump(_config(small_image_dir).to_dict()))
+    with pytest.raises(SystemExit, match="time-budget"):
+        main(["--config", str(config_path), "--snapshots", "0.5"])
+    with pytest.raises(SystemExit, match="adopt-snapshots"):
+        main(["--config", str(config_path), "--no-val", "--export", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit, match="no snapshot"):
+        main(["--config", str(config_path), "--run-dir", str(tmp_path / "r"), "--adopt-snapshots", str(tmp_path)])
+
+
+def test_pack_data_writes_full_chroma_jpegs(tmp_path, small_image_dir):
+    from PIL import Image, JpegImagePlugin
+
+    from model_export.pack_data import pack_images
+
+    count, size = pack_images(small_image_dir, tmp_path / "packed", quality=92)
+    assert count == 6 and size == sum(p.stat().st_size for p in (tmp_path / "packed").glob("*.jpg"))
+    with Image.open(next((tmp_path / "packed").glob("*.jpg"))) as image:
+        assert image.format == "JPEG" and JpegImagePlugin.get_sampling(image) == 0  # 4:4:4

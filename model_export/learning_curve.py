@@ -31,11 +31,14 @@ RATES = (0.25, 0.5, 1.0)
 JPEG_QUALITIES = list(range(5, 100, 5))
 
 
-def append_run(history: dict, run_dir: Path, config_path: str, device: str, init_step: int | None = None) -> dict:
+def append_run(history: dict, run_dir: Path, config_path: str, device: str, init_step: int | None = None,
+               fitted: bool = True) -> dict:
     """A run folder's validation points, placed after the last run of ``history`` (returns the new entry).
 
     ``init_step``: the step of the last run that the appended run started from (its best weights, say), when
-    that is not the last run's final step; the last run's points after it leave the lineage."""
+    that is not the last run's final step; the last run's points after it leave the lineage. ``fitted=False``
+    marks a run whose steps are not comparable with the others' (larger batches on a GPU): it stays on the step
+    axis and in the plots but out of the power-law fits."""
     import torch
 
     from .config import load_config
@@ -61,6 +64,7 @@ def append_run(history: dict, run_dir: Path, config_path: str, device: str, init
         "steps": int(state["step"]),
         "train_seconds": round(float(state["elapsed"])),
         "device": device,
+        "fitted": fitted,
         "loss": {"alpha": config.loss.alpha, "gamma": config.loss.gamma},
         "val": [{"step": offset + r["step"], "run_step": r["step"], "bpp": [round(b, 4) for b in r["bpp"]],
                  "psnr": [round(q, 3) for q in r["psnr"]]} for r in records],
@@ -69,15 +73,18 @@ def append_run(history: dict, run_dir: Path, config_path: str, device: str, init
     return entry
 
 
-def points(history: dict) -> list[dict]:
-    """Every validation point of every run, in step order, with its run's name."""
-    return [{"run": run["name"], **point} for run in history["runs"] for point in run["val"]]
+def points(history: dict, fitted: bool | None = None) -> list[dict]:
+    """Every validation point of every run (or of the fitted / unfitted runs only), in step order, with its run's
+    name."""
+    return [{"run": run["name"], **point} for run in history["runs"]
+            if fitted is None or run.get("fitted", True) == fitted for point in run["val"]]
 
 
-def rate_curves(history: dict, rates: Sequence[float] = RATES) -> dict[str, list[tuple[int, float]]]:
+def rate_curves(history: dict, rates: Sequence[float] = RATES,
+                fitted: bool | None = None) -> dict[str, list[tuple[int, float]]]:
     """Per rate: (step, val PSNR at that rate) wherever the levels of that point bracket it."""
     curves: dict[str, list[tuple[int, float]]] = {str(rate): [] for rate in rates}
-    for point in points(history):
+    for point in points(history, fitted):
         for rate in rates:
             quality = psnr_at_bpp(point["bpp"], point["psnr"], rate)
             if quality is not None:
@@ -143,6 +150,10 @@ def plot(history: dict, report: dict, path: Path) -> None:
     for rate, entry in report["rates"].items():
         line, = right.plot([s for s, _ in entry["points"]], [q for _, q in entry["points"]], marker="o",
                            markersize=3, label=f"at {rate} bpp")
+        unfitted = entry.get("unfitted_points") or []
+        if unfitted:
+            right.plot([s for s, _ in unfitted], [q for _, q in unfitted], marker="x", linestyle="none",
+                       color=line.get_color(), label=f"at {rate} bpp, not fitted (GPU steps)")
         if entry["jpeg_psnr"] is not None:
             right.axhline(entry["jpeg_psnr"], color=line.get_color(), linestyle="--", linewidth=0.9)
         fit = entry["fit"]
@@ -169,6 +180,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu (2 cores)", help="where the appended run trained")
     parser.add_argument("--init-step", type=int, default=None,
                         help="the last run's step the appended run started from (default: its final step)")
+    parser.add_argument("--not-fitted", action="store_true",
+                        help="the appended run's steps are not comparable with the others' (larger batches on a "
+                             "GPU): plotted, left out of the power-law fits")
     parser.add_argument("--val", default=None, help="val images (default: the history's first config's val_dir)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
     return parser.parse_args(argv)
@@ -182,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if not args.config:
             raise SystemExit("--append needs --config")
         try:
-            append_run(history, Path(args.append), args.config, args.device, args.init_step)
+            append_run(history, Path(args.append), args.config, args.device, args.init_step,
+                       fitted=not args.not_fitted)
         except ValueError as error:
             raise SystemExit(str(error)) from error
         history_path.write_text(json.dumps(history, indent=1) + "\n")
@@ -190,12 +205,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     jpeg = jpeg_curve(ImageSet.from_dir(val_dir))
     report: dict = {"val_dir": val_dir, "jpeg_val": {"bpp": jpeg[0], "psnr": jpeg[1]}, "rates": {}}
     last_step = points(history)[-1]["step"]
-    for rate, curve in rate_curves(history).items():
+    unfitted = rate_curves(history, fitted=False)
+    for rate, curve in rate_curves(history, fitted=True).items():
         fit = fit_power_law([s for s, _ in curve], [q for _, q in curve])
         target = psnr_at_bpp(*jpeg, float(rate))
         reach = steps_to_reach(fit, target) if target is not None else None
         report["rates"][rate] = {
             "points": curve,
+            "unfitted_points": unfitted[rate],
             "jpeg_psnr": target,
             "fit": fit,
             "steps_to_jpeg": reach,

@@ -65,3 +65,17 @@ def test_append_run_from_an_earlier_step_drops_the_abandoned_points(tmp_path):
     assert [p["step"] for p in entry["val"]] == [start + 100 + 50]
     with pytest.raises(ValueError, match="not a step of"):
         append_run(history, run, "configs/default_continue3.yaml", "cpu", init_step=10_000)
+
+
+def test_a_run_marked_not_fitted_stays_on_the_axis_but_out_of_the_fits(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "val.jsonl").write_text(json.dumps({"step": 50, "bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [30, 31, 32, 33]}) + "\n")
+    torch.save({"step": 50, "elapsed": 10.0}, run / "last.pt")
+    history = _history()
+    before = rate_curves(history, fitted=True)
+    entry = append_run(history, run, "configs/default_continue3.yaml", "cuda", fitted=False)
+    assert entry["fitted"] is False
+    assert rate_curves(history, fitted=True) == before
+    assert [step for step, _ in rate_curves(history, fitted=False)["0.25"]] == [entry["val"][0]["step"]]
+    assert len(rate_curves(history)["0.25"]) == len(before["0.25"]) + 1

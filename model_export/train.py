@@ -350,14 +350,15 @@ class Trainer:
     def summary(self, state: dict[str, Any]) -> dict[str, Any]:
         best = next((r for r in state["val_history"] if r["step"] == state["step"]), None)
         total_steps, total_seconds = chain_totals(state)
+        trained_with = state.get("trained_with", self.trained_with)
         return {
             "name": self.config.name,
             "step": state["step"],
             "train_seconds": round(state["elapsed"], 1),
             "device": state.get("trained_on") or str(self.device),
             "cpu": platform.processor() or platform.machine(),
-            "torch": state.get("trained_with", self.trained_with)["torch"],
-            "train_data": state.get("trained_with", self.trained_with)["train_data"],
+            "torch": trained_with["torch"],
+            "train_data": trained_with["train_data"],
             "val_data": {"dir": self.config.train.val_dir, "images": len(self.val_set.names),
                          "sha256": self.val_set.sha256},
             "val": best,

@@ -27,6 +27,15 @@ def _history():
     ]}]}
 
 
+def _run_folder(tmp_path, records, step, elapsed):
+    """A finished run's folder as append_run reads it: val.jsonl and last.pt's step and time."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    torch.save({"step": step, "elapsed": elapsed}, run / "last.pt")
+    return run
+
+
 def test_rate_curves_interpolate_in_log_rate_and_skip_unbracketed_points():
     curves = rate_curves(_history(), rates=(0.2, 1.0))
     assert curves["0.2"] == [(100, 22.0), (200, pytest.approx(21.0 + 2 * np.log(2) / np.log(3)))]
@@ -34,12 +43,9 @@ def test_rate_curves_interpolate_in_log_rate_and_skip_unbracketed_points():
 
 
 def test_append_run_continues_the_step_axis(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
     records = [{"step": 50, "bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [20, 21, 22, 23]},
                {"step": 100, "bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [21, 22, 23, 24]}]
-    (run / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    torch.save({"step": 100, "elapsed": 123.4}, run / "last.pt")
+    run = _run_folder(tmp_path, records, step=100, elapsed=123.4)
     history = _history()
     entry = append_run(history, run, "configs/default_continue3.yaml", "cpu")
     assert entry["name"] == "default-c4" and entry["init_from"] == "first"
@@ -51,10 +57,8 @@ def test_append_run_continues_the_step_axis(tmp_path):
 
 
 def test_append_run_from_an_earlier_step_drops_the_abandoned_points(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "val.jsonl").write_text(json.dumps({"step": 50, "bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [20, 21, 22, 23]}) + "\n")
-    torch.save({"step": 50, "elapsed": 10.0}, run / "last.pt")
+    record = {"step": 50, "bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [20, 21, 22, 23]}
+    run = _run_folder(tmp_path, [record], step=50, elapsed=10.0)
     history = _history()
     first = history["runs"][0]
     kept = [p["run_step"] for p in first["val"] if p["run_step"] <= 100]
@@ -68,10 +72,8 @@ def test_append_run_from_an_earlier_step_drops_the_abandoned_points(tmp_path):
 
 
 def test_a_run_marked_not_fitted_stays_on_the_axis_but_out_of_the_fits(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "val.jsonl").write_text(json.dumps({"step": 50, "bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [30, 31, 32, 33]}) + "\n")
-    torch.save({"step": 50, "elapsed": 10.0}, run / "last.pt")
+    record = {"step": 50, "bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [30, 31, 32, 33]}
+    run = _run_folder(tmp_path, [record], step=50, elapsed=10.0)
     history = _history()
     before = rate_curves(history, fitted=True)
     entry = append_run(history, run, "configs/default_continue3.yaml", "cuda", fitted=False)

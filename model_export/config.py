@@ -83,6 +83,7 @@ class TrainConfig:
     val_dir: str = "../shared/data/val"
     crop: int = 128
     batch_size: int = 8
+    accumulate: int = 1  # batches per update (gradients averaged): an update of accumulate × batch_size crops
     min_downscale: float = 0.5  # large photos are randomly downscaled by [min_downscale, 1] before cropping
     downscale_min_side: int = 800  # only images whose short side is at least this are downscaled
     steps: int = 10000
@@ -107,6 +108,8 @@ class TrainConfig:
     decoder_input: str = "noise"
 
     def validate(self) -> None:
+        if self.accumulate < 1:
+            raise ConfigError("train.accumulate must be at least 1")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError("train.precision must be 'fp32' or 'bf16'")
         if self.decoder_input not in ("noise", "round"):

@@ -30,6 +30,17 @@ class LevelTerms:
     perceptual: Tensor
 
 
+
+def mean_level_terms(parts: list[list[LevelTerms]]) -> list[LevelTerms]:
+    """Per-level terms averaged over the equally sized batches of one accumulated update."""
+    if len(parts) == 1:
+        return parts[0]
+    return [
+        LevelTerms(*(torch.stack([getattr(terms[level], name).detach() for terms in parts]).mean()
+                     for name in ("mse", "bpp", "perceptual")))
+        for level in range(len(parts[0]))
+    ]
+
 class RateDistortionLoss:
     """Weights per level come from ``LossConfig``. MSE is measured on [0, 1] images, so αᵢ = λᵢ·255²·γᵢ for
     CompressAI's λ (whose loss is λ·255²·MSE + bpp)."""

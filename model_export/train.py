@@ -26,7 +26,7 @@ from .backbone import ResNet50Group1, load_simclr_backbone
 from .checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from .config import ExperimentConfig, load_config
 from .data import BatchPrefetcher, CropSampler, ImageSet
-from .losses import RateDistortionLoss, psnr_from_mse
+from .losses import RateDistortionLoss, mean_level_terms, psnr_from_mse
 from .model import SSLIC
 from .perceptual import BackboneFeatures, PerceptualLoss, load_vgg19_features
 from .runtime import describe_device, ensure_fast_malloc, select_device, set_threads
@@ -249,20 +249,29 @@ class Trainer:
         return self.prefetcher.next().to(self.device, non_blocking=True)
 
     def train_step(self, reference_loss: float | None = None) -> tuple[float, list, bool]:
-        """One update; returns (loss, per-level terms, applied). A non-finite loss, or one above
-        ``skip_spikes`` × ``reference_loss``, is not applied, so one bad batch cannot wreck the run."""
-        x = self.next_batch()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.precision == "bf16"):
-            output = self.model(x, decoder_input=self.config.train.decoder_input)
-            loss, terms = self.criterion(x, output)
-        value = float(loss.detach())
+        """One update from ``train.accumulate`` batches of ``train.batch_size`` crops (their gradients are
+        averaged: one update of a batch that many times larger, in the memory of one); returns (loss, per-level
+        terms, applied), averaged over those batches. A non-finite loss, or one above ``skip_spikes`` ×
+        ``reference_loss``, in any of them is not applied, so one bad batch cannot wreck the run."""
+        parts = self.config.train.accumulate
         spike = self.config.train.skip_spikes
-        if not math.isfinite(value) or (spike and reference_loss and value > spike * reference_loss):
-            self.skipped += 1
-            self.log(f"step {self.step + 1}: skipped update, loss {value:.4g} (running {reference_loss})")
-            return value, terms, False
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        values, part_terms = [], []
+        for _ in range(parts):
+            x = self.next_batch()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.config.train.precision == "bf16"):
+                output = self.model(x, decoder_input=self.config.train.decoder_input)
+                loss, terms = self.criterion(x, output)
+            value = float(loss.detach())
+            if not math.isfinite(value) or (spike and reference_loss and value > spike * reference_loss):
+                self.skipped += 1
+                self.log(f"step {self.step + 1}: skipped update, loss {value:.4g} (running {reference_loss})")
+                self.optimizer.zero_grad(set_to_none=True)
+                return value, terms, False
+            (loss / parts).backward()
+            values.append(value)
+            part_terms.append(terms)
         if self.config.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]], self.config.train.grad_clip
@@ -272,7 +281,7 @@ class Trainer:
         self.aux_optimizer.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_optimizer.step()
-        return value, terms, True
+        return sum(values) / parts, mean_level_terms(part_terms), True
 
     def run(self, max_minutes: float | None = None, max_steps: int | None = None,
             stop_at_step: int | None = None, time_budget_minutes: float | None = None,

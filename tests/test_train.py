@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model_export.checkpoint import load_codec_checkpoint
-from model_export.config import ExperimentConfig
+from model_export.config import ConfigError, ExperimentConfig
 from model_export.train import Trainer, learning_rate, main
 
 
@@ -219,6 +219,40 @@ def test_bf16_autocast_step_matches_fp32_and_keeps_the_entropy_model_in_fp32(tmp
     value, _, applied = bf16.train_step()
     assert applied and value == value
 
+
+
+def test_an_accumulated_update_equals_one_update_of_the_whole_batch(tmp_path, small_image_dir):
+    def trainer(batch_size, accumulate):
+        config = _config(small_image_dir)
+        config.train.batch_size, config.train.accumulate = batch_size, accumulate
+        config.train.grad_clip = 0.0  # clipping would hide a wrong scale of the summed gradients
+        return Trainer(config, tmp_path / f"{batch_size}x{accumulate}", torch.device("cpu"), quiet=True)
+
+    whole, parts = trainer(4, 1), trainer(2, 2)
+    parts.model.load_state_dict(whole.model.state_dict())
+    x = whole.sampler.batch(4)
+    whole.next_batch = lambda: x
+    halves = iter([x[:2], x[2:]])
+    parts.next_batch = lambda: next(halves)
+    whole.model.eval(), parts.model.eval()  # rounding instead of noise, so both see the same latents
+    whole_loss, whole_terms, applied = whole.train_step()
+    assert applied
+    parts_loss, parts_terms, applied = parts.train_step()
+    assert applied
+    assert parts_loss == pytest.approx(whole_loss, rel=1e-5)
+    for a, b in zip(whole_terms, parts_terms):
+        assert float(b.bpp) == pytest.approx(float(a.bpp), rel=1e-5)
+        assert float(b.mse) == pytest.approx(float(a.mse), rel=1e-5)
+    gradients = 0
+    for (name, a), (_, b) in zip(whole.model.named_parameters(), parts.model.named_parameters()):
+        if a.grad is not None and name.split(".")[0] != "entropy":
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7, msg=name)
+            gradients += 1
+    assert gradients > 10
+    config = _config(small_image_dir).to_dict()
+    config["train"]["accumulate"] = 0
+    with pytest.raises(ConfigError, match="accumulate"):
+        ExperimentConfig.from_dict(config)
 
 def test_unknown_precision_is_rejected(small_image_dir):
     from model_export.config import ConfigError

@@ -1,7 +1,10 @@
 import json
+import time
 
 import pytest
 import torch
+
+import model_export.train as train_module
 
 from model_export.checkpoint import load_codec_checkpoint
 from model_export.config import ConfigError, ExperimentConfig
@@ -283,7 +286,23 @@ def test_crops_cut_on_threads_equal_crops_cut_in_line(small_image_dir):
         prefetcher.close()
 
 
-def test_time_budget_snapshots_are_adopted_validated_and_exported(tmp_path, small_image_dir):
+class _SecondPerReading:
+    """The ``time`` module of model_export.train with a clock that advances one second per reading, so a
+    time-budgeted run takes the same steps on a fast machine and on a loaded one."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_time_budget_snapshots_are_adopted_validated_and_exported(tmp_path, small_image_dir, monkeypatch):
+    monkeypatch.setattr(train_module, "time", _SecondPerReading())
     config = _config(small_image_dir, steps=1000).to_dict()
     config["train"]["eval_every"] = 1000
     config_path = tmp_path / "cfg.yaml"
@@ -299,9 +318,11 @@ def test_time_budget_snapshots_are_adopted_validated_and_exported(tmp_path, smal
           "--loader-threads", "2", "--time-budget", "0.05", "--snapshots", "0.5",
           "--snapshot-dir", str(tmp_path / "snapshots")])
     snapshots = sorted((tmp_path / "snapshots").glob("snapshot-*.pt"))
-    assert len(snapshots) == 2 and not (tmp_path / "away" / "val.jsonl").exists()
+    # one step a second: the 0.5 snapshot after step 2 (2 s of the 3), the last after step 3
+    assert [p.name for p in snapshots] == ["snapshot-000002.pt", "snapshot-000003.pt"]
+    assert not (tmp_path / "away" / "val.jsonl").exists()
     state = torch.load(snapshots[-1], weights_only=False)
-    assert "optimizer" not in state and 0 < state["step"] < 1000 and state["elapsed"] >= 3.0
+    assert "optimizer" not in state and state["step"] == 3 and state["elapsed"] >= 3.0
     assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
 
     # "here": validate them in step order, keep the best, export with the lineage of the snapshots

@@ -30,7 +30,6 @@ class LevelTerms:
     perceptual: Tensor
 
 
-
 def mean_level_terms(parts: list[list[LevelTerms]]) -> list[LevelTerms]:
     """Per-level terms averaged over the equally sized batches of one accumulated update."""
     if len(parts) == 1:
@@ -40,6 +39,7 @@ def mean_level_terms(parts: list[list[LevelTerms]]) -> list[LevelTerms]:
                      for name in ("mse", "bpp", "perceptual")))
         for level in range(len(parts[0]))
     ]
+
 
 class RateDistortionLoss:
     """Weights per level come from ``LossConfig``. MSE is measured on [0, 1] images, so αᵢ = λᵢ·255²·γᵢ for

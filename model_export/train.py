@@ -267,7 +267,6 @@ class Trainer:
             if not math.isfinite(value) or (spike and reference_loss and value > spike * reference_loss):
                 self.skipped += 1
                 self.log(f"step {self.step + 1}: skipped update, loss {value:.4g} (running {reference_loss})")
-                self.optimizer.zero_grad(set_to_none=True)
                 return value, terms, False
             (loss / parts).backward()
             values.append(value)

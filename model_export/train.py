@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .backbone import ResNet50Group1, load_simclr_backbone
 from .checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from .config import ExperimentConfig, load_config
-from .data import BatchPrefetcher, CropSampler, ImageSet
+from .data import BatchPrefetcher, CropSampler, ImageSet, crops_to_float
 from .losses import RateDistortionLoss, mean_level_terms, psnr_from_mse
 from .model import SSLIC
 from .perceptual import BackboneFeatures, PerceptualLoss, load_vgg19_features
@@ -245,8 +245,9 @@ class Trainer:
         if self.loader_threads <= 0:
             return self.sampler.batch(size).to(self.device)
         if self.prefetcher is None:
-            self.prefetcher = BatchPrefetcher(self.sampler, size, self.loader_threads)
-        return self.prefetcher.next().to(self.device, non_blocking=True)
+            self.prefetcher = BatchPrefetcher(self.sampler, size, self.loader_threads,
+                                              pin=self.device.type == "cuda")
+        return crops_to_float(self.prefetcher.next().to(self.device, non_blocking=True))
 
     def train_step(self, reference_loss: float | None = None) -> tuple[float, list, bool]:
         """One update from ``train.accumulate`` batches of ``train.batch_size`` crops (their gradients are

@@ -269,7 +269,7 @@ def test_unknown_precision_is_rejected(small_image_dir):
 def test_crops_cut_on_threads_equal_crops_cut_in_line(small_image_dir):
     from concurrent.futures import ThreadPoolExecutor
 
-    from model_export.data import BatchPrefetcher, CropSampler, ImageSet
+    from model_export.data import BatchPrefetcher, CropSampler, ImageSet, crops_to_float
 
     images = ImageSet.from_dir(small_image_dir).images
     in_line = CropSampler(images, 96, downscale_min_side=100, seed=3)
@@ -281,9 +281,23 @@ def test_crops_cut_on_threads_equal_crops_cut_in_line(small_image_dir):
     prefetcher = BatchPrefetcher(CropSampler(images, 96, downscale_min_side=100, seed=5), 4, threads=2)
     try:
         for _ in range(3):
-            torch.testing.assert_close(prefetcher.next(), reference.batch(4), rtol=0, atol=0)
+            crops = prefetcher.next()
+            assert crops.dtype == torch.uint8 and crops.shape == (4, 96, 96, 3)
+            torch.testing.assert_close(crops_to_float(crops), reference.batch(4), rtol=0, atol=0)
     finally:
         prefetcher.close()
+
+
+def test_a_trainer_with_crop_threads_trains_on_the_batches_it_would_cut_in_line(tmp_path, small_image_dir):
+    in_line = Trainer(_config(small_image_dir), tmp_path / "a", torch.device("cpu"), quiet=True)
+    threaded = Trainer(_config(small_image_dir), tmp_path / "b", torch.device("cpu"), quiet=True, loader_threads=2)
+    try:
+        for _ in range(3):
+            expected, batch = in_line.next_batch(), threaded.next_batch()
+            assert batch.dtype == torch.float32 and batch.shape == (2, 3, 64, 64)
+            torch.testing.assert_close(batch, expected, rtol=0, atol=0)
+    finally:
+        threaded.prefetcher.close()
 
 
 class _SecondPerReading:

@@ -4,7 +4,11 @@ out = x + γ · attend(q = W_q x, k = pool(W_k x), v = pool(W_v x)), with q/k at
 the keys and γ learned from 0. Full attention at H/4 grows with the square of the image area, so attention
 runs inside non-overlapping ``window``×``window`` tiles (0 = one tile for the whole map) over keys and values
 max-pooled by ``pool``: memory and time then grow linearly with the image area. Training uses PyTorch's
-fused SDPA; export uses explicit matmul + softmax (the same maths, and faster in ONNX Runtime).
+fused SDPA; export uses explicit matmul + softmax (the same maths, and faster in ONNX Runtime), arranged
+channels first: tiles are (C, pixels) and the result is Vᵀ-weighted as v · softmax(kᵀq) over the keys, so
+cutting and re-assembling tiles moves runs of ``window`` contiguous floats. The channels-last arrangement
+that SDPA needs cost ONNX Runtime a 6-D transpose of the whole H/4 map element by element: 70 of the
+encoder's 223 ms on a 768×512 image (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -41,6 +45,27 @@ class SelfAttention(nn.Module):
         t = t.reshape(b, c, h // side, side, w // side, side)
         return t.permute(0, 2, 4, 3, 5, 1).reshape(-1, side * side, c)
 
+    @staticmethod
+    def _tiles_channels_first(t: Tensor, side: int) -> Tensor:
+        """(B, C, H, W) → (B·nH·nW, C, side²)."""
+        b, c, h, w = t.shape
+        t = t.reshape(b, c, h // side, side, w // side, side)
+        return t.permute(0, 2, 4, 1, 3, 5).reshape(-1, c, side * side)
+
+    def _attend_channels_first(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The matmul path: (B, C, H, W) output of attention, before γ."""
+        b, c, h, w = v.shape[0], v.shape[1], q.shape[2], q.shape[3]
+        if not self.window:
+            weights = torch.softmax(torch.matmul(k.flatten(2).transpose(1, 2), q.flatten(2)), dim=1)
+            return torch.matmul(v.flatten(2), weights).reshape(b, c, h, w)
+        side = self.window
+        q_t = self._tiles_channels_first(q, side)
+        k_t = self._tiles_channels_first(k, side // self.pool)
+        v_t = self._tiles_channels_first(v, side // self.pool)
+        weights = torch.softmax(torch.matmul(k_t.transpose(1, 2), q_t), dim=1)  # (tiles, keys, queries)
+        out = torch.matmul(v_t, weights).reshape(b, h // side, w // side, c, side, side)
+        return out.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         q = self.query(x)
@@ -49,6 +74,8 @@ class SelfAttention(nn.Module):
         if self.pool > 1:
             k = F.max_pool2d(k, self.pool)
             v = F.max_pool2d(v, self.pool)
+        if not self.use_sdpa or torch.onnx.is_in_onnx_export():
+            return x + self.gamma * self._attend_channels_first(q, k, v)
         if self.window:
             q_t = self._tiles(q, self.window)
             k_t = self._tiles(k, self.window // self.pool)
@@ -57,11 +84,7 @@ class SelfAttention(nn.Module):
             q_t = q.flatten(2).transpose(1, 2)
             k_t = k.flatten(2).transpose(1, 2)
             v_t = v.flatten(2).transpose(1, 2)
-        if self.use_sdpa and not torch.onnx.is_in_onnx_export():
-            out = F.scaled_dot_product_attention(q_t, k_t, v_t, scale=1.0)
-        else:
-            energy = torch.matmul(q_t, k_t.transpose(1, 2))
-            out = torch.matmul(torch.softmax(energy, dim=-1), v_t)
+        out = F.scaled_dot_product_attention(q_t, k_t, v_t, scale=1.0)
         if self.window:
             side = self.window
             out = out.reshape(b, h // side, w // side, side, side, c).permute(0, 5, 1, 3, 2, 4)

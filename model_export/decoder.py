@@ -18,16 +18,69 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import SelfAttention
 from .gdn import IGDN
 
-__all__ = ["SharedDecoder", "DecoderPath", "ResidualBlock"]
+__all__ = ["SharedDecoder", "DecoderPath", "ResidualBlock", "SubPixelUpsample", "use_subpixel_upsampling"]
 
 
 def _upsample(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(in_channels, out_channels, 5, stride=2, padding=2, output_padding=1)
+
+
+class SubPixelUpsample(nn.Module):
+    """The ×2 transposed convolution of :func:`_upsample` rewritten as a 3×3 convolution to four times the
+    channels followed by a pixel shuffle: the same function, since output pixel (2q + a, 2r + b) only sees
+    input pixels q − 1 … q + 1 and r − 1 … r + 1, through taps ``4 + a − 2j`` of the 5×5 kernel (zero where
+    that falls outside it). ONNX Runtime runs these convolutions on its fast CPU kernels; its ConvTranspose
+    took 67–82 % of a decoder's time (docs/benchmarks.md)."""
+
+    def __init__(self, transposed: nn.ConvTranspose2d):
+        super().__init__()
+        if not self.fits(transposed):
+            raise ValueError(f"not a 5x5 stride-2 transposed convolution with padding 2: {transposed}")
+        weight = transposed.weight.detach()  # (in, out, 5, 5)
+        in_channels, out_channels = weight.shape[:2]
+        phases = weight.new_zeros(out_channels, 2, 2, in_channels, 3, 3)
+        for a in range(2):
+            for b in range(2):
+                for j in range(3):
+                    for k in range(3):
+                        tap_row, tap_col = 4 + a - 2 * j, 4 + b - 2 * k
+                        if tap_row <= 4 and tap_col <= 4:
+                            phases[:, a, b, :, j, k] = weight[:, :, tap_row, tap_col].t()
+        self.conv = nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1, bias=transposed.bias is not None)
+        with torch.no_grad():
+            self.conv.weight.copy_(phases.reshape(4 * out_channels, in_channels, 3, 3))
+            if transposed.bias is not None:
+                self.conv.bias.copy_(transposed.bias.detach().repeat_interleave(4))
+
+    @staticmethod
+    def fits(module: nn.Module) -> bool:
+        return (isinstance(module, nn.ConvTranspose2d) and module.kernel_size == (5, 5) and module.stride == (2, 2)
+                and module.padding == (2, 2) and module.output_padding == (1, 1) and module.dilation == (1, 1)
+                and module.groups == 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
+def use_subpixel_upsampling(module: nn.Module) -> int:
+    """Replace, in place, every ×2 transposed convolution inside ``module`` by its :class:`SubPixelUpsample`
+    (for export: the parameters change names and shapes, so training and checkpoints keep the originals).
+    Returns how many were replaced."""
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if SubPixelUpsample.fits(child):
+            setattr(module, name, SubPixelUpsample(child))
+            replaced += 1
+        else:
+            replaced += use_subpixel_upsampling(child)
+    return replaced
 
 
 class ResidualBlock(nn.Module):

@@ -20,6 +20,7 @@ Formats: ``docs/artifacts.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import io
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from service.model import file_sha256, model_id_for
 
 from .checkpoint import load_codec_checkpoint
+from .decoder import use_subpixel_upsampling
 from .freeze import DEFAULT_PRECISION, FrozenTables, freeze_bottleneck, save_tables
 from .model import SSLIC
 
@@ -171,9 +173,11 @@ def export_model(
     with torch.no_grad():
         latents = model.encoder(example)
     graphs: dict[str, onnx.ModelProto] = {"encoder.onnx": _to_onnx(_EncoderGraph(model), example, "image", latent_names)}
+    deployed = copy.deepcopy(model)
+    use_subpixel_upsampling(deployed.decoder)
     for level in range(1, levels + 1):
         graphs[f"decoder_level{level}.onnx"] = _to_onnx(
-            _DecoderGraph(model, level), latents[level - 1], "latent", ["image"]
+            _DecoderGraph(deployed, level), latents[level - 1], "latent", ["image"]
         )
 
     weights = _SharedWeights()

@@ -86,6 +86,13 @@ def test_manifest_and_shared_weights(tiny_export):
         onnx.checker.check_model(str(out / name))
 
 
+def test_decoders_are_exported_without_transposed_convolutions(tiny_export):
+    _, out, manifest = tiny_export
+    for name in manifest["decoders"].values():
+        ops = {node.op_type for node in onnx.load(str(out / name), load_external_data=False).graph.node}
+        assert "ConvTranspose" not in ops and "DepthToSpace" in ops
+
+
 def test_export_is_reproducible(tiny_export, tmp_path):
     model, _, manifest = tiny_export
     again = export_model(model, tmp_path, summary={"name": "tiny"})

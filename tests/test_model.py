@@ -127,3 +127,36 @@ def test_decoder_input_must_be_noise_or_round():
         model(torch.rand(1, 3, 64, 64), decoder_input="soft")
     with pytest.raises(ConfigError, match="decoder_input"):
         ExperimentConfig.from_dict({"train": {"decoder_input": "soft"}})
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (5, 7), (8, 12)])
+def test_subpixel_upsampling_computes_the_transposed_convolution(height, width):
+    from model_export.decoder import SubPixelUpsample, _upsample
+
+    torch.manual_seed(height)
+    transposed = _upsample(6, 5)
+    x = torch.randn(2, 6, height, width)
+    with torch.no_grad():
+        torch.testing.assert_close(SubPixelUpsample(transposed)(x), transposed(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_decoder_with_subpixel_upsampling_decodes_as_before():
+    import copy
+
+    from model_export.decoder import use_subpixel_upsampling
+
+    model = SSLIC(tiny_model_config(attention="decoder")).eval()
+    deployed = copy.deepcopy(model.decoder)
+    assert use_subpixel_upsampling(deployed) == (model.levels - 1) + 3
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in deployed.modules())
+    with torch.no_grad():
+        for level in range(1, model.levels + 1):
+            y = torch.round(3 * torch.randn(1, model.config.latent_channels[level - 1], 3, 5))
+            torch.testing.assert_close(deployed(y, level), model.decoder(y, level), rtol=1e-4, atol=1e-5)
+
+
+def test_subpixel_upsampling_refuses_other_transposed_convolutions():
+    from model_export.decoder import SubPixelUpsample
+
+    with pytest.raises(ValueError, match="5x5 stride-2"):
+        SubPixelUpsample(torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1))

@@ -61,3 +61,19 @@ def small_image_dir(tmp_path_factory, train_images_dir) -> Path:
 
 def as_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path, small_image_dir) -> Path:
+    """A training config of a tiny model on the small images, as a YAML file (for the command-line tools)."""
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "model": {"backbone_checkpoint": None, "attention_window": 4, "pyramid_channels": 16,
+                  "latent_channels": [8, 8, 8], "decoder_channels": 16},
+        "loss": {"alpha": [100.0, 300.0, 900.0], "beta": [0.1, 0.2, 0.4], "gamma": [1.0, 0.9, 0.8]},
+        "train": {"data_dir": str(small_image_dir), "val_dir": str(small_image_dir), "crop": 64, "batch_size": 2},
+    }))
+    return path

@@ -1,0 +1,23 @@
+import json
+
+import pytest
+
+from bench.profile_train_step import main
+
+
+def test_profile_of_training_steps_reports_times_waits_and_the_costliest_operators(tmp_path, tiny_config_file):
+    out = tmp_path / "profile"
+    report = main(["--config", str(tiny_config_file), "--device", "cpu", "--loader-threads", "2",
+                   "--batch-size", "3", "--warmup", "1", "--steps", "2", "--out", str(out)])
+    assert json.loads((out / "profile.json").read_text()) == report
+    assert report["batch_size"] == 3 and len(report["steps_s"]) == 2 and report["median_s_per_step"] > 0
+    assert report["batch_wait_ms_per_step"] >= 0 and report["device_busy_fraction"] is None
+    names = [row["name"] for row in report["top_by_cpu_time"]]
+    assert any("conv" in name for name in names)
+    assert all(row["calls_per_step"] > 0 for row in report["top_by_cpu_time"])
+    assert "Self CPU" in (out / "profile.txt").read_text()
+
+
+def test_profile_refuses_zero_steps(tiny_config_file):
+    with pytest.raises(SystemExit, match="--steps"):
+        main(["--config", str(tiny_config_file), "--device", "cpu", "--steps", "0"])

@@ -22,6 +22,9 @@ __all__ = ["InputImage", "read_image", "from_pil", "to_pil", "encode_image", "AC
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
 OUTPUT_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG", "jpg": "JPEG"}
+# zlib level of PNG output: on a decoded Kodak image level 3 takes 33 ms and 4.6 % more bytes than level 6,
+# which takes 126 ms, as long as the decoder itself (docs/benchmarks.md)
+DEFAULT_PNG_LEVEL = 3
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
@@ -132,15 +135,18 @@ def to_pil(rgb: np.ndarray, alpha: np.ndarray | None, mode: str) -> Image.Image:
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def encode_image(image: Image.Image, fmt: str = "png", quality: int | None = None) -> bytes:
-    """Encode a decoded image as PNG (lossless), WebP (lossless unless ``quality``) or JPEG."""
+def encode_image(
+    image: Image.Image, fmt: str = "png", quality: int | None = None, png_level: int = DEFAULT_PNG_LEVEL
+) -> bytes:
+    """Encode a decoded image as PNG (lossless, zlib level ``png_level``), WebP (lossless unless ``quality``)
+    or JPEG."""
     key = fmt.lower()
     if key not in OUTPUT_FORMATS:
         raise InvalidParameter(f"output format must be one of {sorted(set(OUTPUT_FORMATS))}, got {fmt!r}")
     pil_format = OUTPUT_FORMATS[key]
     buffer = io.BytesIO()
     if pil_format == "PNG":
-        image.save(buffer, format="PNG", compress_level=6)
+        image.save(buffer, format="PNG", compress_level=png_level)
     elif pil_format == "WEBP":
         if quality is None:
             image.save(buffer, format="WEBP", lossless=True)

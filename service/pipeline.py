@@ -200,7 +200,9 @@ class CodecService:
             raise InvalidParameter("JPEG cannot hold the image's alpha channel; ask for png or webp")
         rgb = await self._decode_pixels(decoded_level, symbols, container.height, container.width, deadline)
         with _Timer(self.metrics, "encode_output"):
-            data = await run_in_threadpool(lambda: encode_image(to_pil(rgb, alpha, container.mode), key))
+            data = await run_in_threadpool(
+                lambda: encode_image(to_pil(rgb, alpha, container.mode), key, png_level=self.settings.png_level)
+            )
         return data, MEDIA_TYPES[key], container, decoded_level
 
     async def extract(self, body: bytes, level: int | None) -> bytes:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .codec import DEFAULT_MAX_PIXELS
+from .imageio import DEFAULT_PNG_LEVEL
 
 __all__ = ["Settings"]
 
@@ -33,6 +34,9 @@ class Settings(BaseSettings):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images get 422 (checked before decoding)")
     tile_size: int = Field(
         1024, ge=64, description="images above (tile + 640)² pixels run as overlapping tiles of this core size"
+    )
+    png_level: int = Field(
+        DEFAULT_PNG_LEVEL, ge=0, le=9, description="zlib level of PNG responses (0 fastest and largest, 9 smallest)"
     )
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)

@@ -136,6 +136,20 @@ def test_error_statuses(client, codec):
     check(client.get("/compress"), 405, "method_not_allowed")
 
 
+def test_png_level_trades_response_bytes_for_time_and_never_pixels(codec, client):
+    container = client.post("/compress?level=2", content=_png((192, 128))).content
+    responses = {}
+    for level in (0, 9):
+        with TestClient(create_app(_settings(png_level=level), codec=codec)) as tuned:
+            responses[level] = tuned.post("/decompress", content=container)
+            assert responses[level].status_code == 200
+    assert len(responses[0].content) > 2 * len(responses[9].content)
+    pixels = [np.asarray(Image.open(io.BytesIO(r.content))) for r in responses.values()]
+    np.testing.assert_array_equal(pixels[0], pixels[1])
+    with pytest.raises(ValueError, match="png_level"):
+        _settings(png_level=10)
+
+
 def test_body_and_pixel_limits(codec):
     settings = _settings(max_body_bytes=4096, max_pixels=5000)
     with TestClient(create_app(settings, codec=codec)) as client:

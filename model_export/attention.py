@@ -5,8 +5,8 @@ the keys and γ learned from 0. Full attention at H/4 grows with the square of t
 runs inside non-overlapping ``window``×``window`` tiles (0 = one tile for the whole map) over keys and values
 max-pooled by ``pool``: memory and time then grow linearly with the image area. Training uses PyTorch's
 fused SDPA; export uses explicit matmul + softmax (the same maths, and faster in ONNX Runtime), arranged
-channels first: tiles are (C, pixels) and the result is Vᵀ-weighted as v · softmax(kᵀq) over the keys, so
-cutting and re-assembling tiles moves runs of ``window`` contiguous floats. The channels-last arrangement
+channels first: tiles are (C, pixels) and the output is v · softmax(kᵀq), the softmax taken over the keys,
+so cutting and re-assembling tiles moves runs of ``window`` contiguous floats. The channels-last arrangement
 that SDPA needs cost ONNX Runtime a 6-D transpose of the whole H/4 map element by element: 70 of the
 encoder's 223 ms on a 768×512 image (docs/benchmarks.md).
 """
@@ -54,7 +54,7 @@ class SelfAttention(nn.Module):
 
     def _attend_channels_first(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The matmul path: (B, C, H, W) output of attention, before γ."""
-        b, c, h, w = v.shape[0], v.shape[1], q.shape[2], q.shape[3]
+        (b, c), (h, w) = v.shape[:2], q.shape[2:]  # v may be pooled
         if not self.window:
             weights = torch.softmax(torch.matmul(k.flatten(2).transpose(1, 2), q.flatten(2)), dim=1)
             return torch.matmul(v.flatten(2), weights).reshape(b, c, h, w)

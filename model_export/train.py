@@ -44,6 +44,13 @@ def learning_rate(schedule: list[list[float]], progress: float) -> float:
     return lr
 
 
+def backbone_fine_tuned(model_config: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Whether the backbone of a run's weights has moved from the SimCLR ones: fine-tuned by this run, or by
+    one of the runs it started from (a frozen backbone keeps the fine-tuned weights it was given)."""
+    lineage = state.get("init_checkpoint") or {}
+    return bool(model_config.get("finetune_backbone")) or bool(lineage.get("backbone_fine_tuned"))
+
+
 def chain_totals(state: dict[str, Any]) -> tuple[int, float]:
     """Steps and training seconds of a run's state plus those of the chain of runs it started from."""
     lineage = state.get("init_checkpoint") or {}
@@ -144,13 +151,14 @@ class Trainer:
 
     def init_from(self, path: Path) -> None:
         """Start from a codec checkpoint's weights (same architecture); optimizer and step start afresh."""
-        model, _, summary = load_codec_checkpoint(path)
+        model, config, summary = load_codec_checkpoint(path)
         self.model.load_state_dict(model.state_dict())
         self.init_checkpoint = {
             "path": str(path),
             "name": summary.get("name"),
             "total_steps": summary.get("total_steps", summary.get("step", 0)),
             "total_train_seconds": summary.get("total_train_seconds", summary.get("train_seconds", 0.0)),
+            "backbone_fine_tuned": bool(summary.get("backbone_fine_tuned", config.model.finetune_backbone)),
         }
         self.log(f"initialised from {path} (its step {summary.get('step')})")
 
@@ -178,6 +186,7 @@ class Trainer:
             "name": state["config"]["name"],
             "total_steps": total_steps,
             "total_train_seconds": total_seconds,
+            "backbone_fine_tuned": backbone_fine_tuned(state["config"]["model"], state),
         }
         self.log(f"continued from {path} (its step {state['step']}, weights and optimizer state)")
 
@@ -375,6 +384,7 @@ class Trainer:
             "init_checkpoint": state.get("init_checkpoint") or None,
             "total_steps": total_steps,
             "total_train_seconds": round(total_seconds, 1),
+            "backbone_fine_tuned": backbone_fine_tuned(self.config.to_dict()["model"], state),
             "val_history": state["val_history"],
             "config": self.config.to_dict(),
         }

@@ -197,6 +197,29 @@ def test_finetuned_backbone_trains_at_its_own_rate_with_frozen_batch_norm(tmp_pa
         assert torch.equal(after[key], before[key]), key
 
 
+def test_a_frozen_backbone_after_fine_tuning_keeps_the_fine_tuned_weights(tmp_path, small_image_dir):
+    data = _config(small_image_dir, steps=2).to_dict()
+    data["model"]["finetune_backbone"] = True
+    data["train"]["backbone_lr_scale"] = 0.5
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    tuned = Trainer(ExperimentConfig.from_dict(data), tmp_path / "a", torch.device("cpu"), quiet=True)
+    tuned.run()
+    path = tuned.export(tmp_path / "a.pt", half=False)
+    tuned_backbone, _, _ = load_codec_checkpoint(path)
+
+    frozen = Trainer(_config(small_image_dir, steps=2), tmp_path / "b", torch.device("cpu"), quiet=True)
+    fresh_summary = frozen.summary(frozen.state())
+    frozen.init_from(path)
+    frozen.run()
+    _, config, summary = load_codec_checkpoint(frozen.export(tmp_path / "b.pt", half=False))
+    assert not config.model.finetune_backbone
+    for key, value in tuned_backbone.encoder.backbone.state_dict().items():
+        torch.testing.assert_close(frozen.model.encoder.backbone.state_dict()[key], value, rtol=0, atol=0)
+    assert summary["backbone_fine_tuned"] and summary["init_checkpoint"]["backbone_fine_tuned"]
+    assert not fresh_summary["backbone_fine_tuned"]
+
+
 def test_bf16_autocast_step_matches_fp32_and_keeps_the_entropy_model_in_fp32(tmp_path, small_image_dir):
     def trainer(precision):
         config = _config(small_image_dir)

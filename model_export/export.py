@@ -10,7 +10,9 @@
   point at the same bytes for the parameters they share, as in the paper's shared decoder. Tensors that are
   exactly representable in fp16 (all of them for a checkpoint trained and exported with ``--half``) are
   stored as fp16 and cast back to fp32 inside the graph, which halves the folder without changing a value;
-- ``entropy_tables.npz``: the frozen integer CDF tables (``model_export.freeze``);
+- ``entropy_tables.npz``: the frozen integer CDF tables (``model_export.freeze``), with ``--fit-tables DIR``
+  refitted to the symbols the encoder produces on the images of DIR (the training images, never evaluation
+  ones);
 - ``manifest.json``: format version, model id (hash of the files), levels, channels, strides, padding
   multiple, table precision, sha256 of every file, the training summary and validation metrics.
 
@@ -39,8 +41,10 @@ from service.model import file_sha256, model_id_for
 
 from .checkpoint import load_codec_checkpoint
 from .decoder import use_subpixel_upsampling
-from .freeze import DEFAULT_PRECISION, FrozenTables, freeze_bottleneck, save_tables
-from .model import SSLIC
+from .data import ImageSet
+from .freeze import (DEFAULT_PRECISION, DEFAULT_PRIOR_WEIGHT, FrozenTables, count_bits, fit_tables,
+                     freeze_bottleneck, save_tables, symbol_counts)
+from .model import SSLIC, pad_to_multiple
 
 __all__ = ["export_model", "ARTIFACT_FORMAT", "ARTIFACT_VERSION", "OPSET"]
 
@@ -153,14 +157,42 @@ class _SharedWeights:
                 entry.key, entry.value = k, v
 
 
+@torch.no_grad()
+def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path,
+                   prior_weight: float) -> tuple[list[FrozenTables], dict]:
+    """Refit every level's tables to the symbols of the images in ``fit_dir`` (each image whole, padded as the
+    runtime pads it, rounded against the frozen medians); returns the tables and a report for the manifest."""
+    images = ImageSet.from_dir(fit_dir)
+    counts = [np.zeros((t.channels, int(t.lengths.max())), dtype=np.int64) for t in tables]
+    for image in images.images:
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+        for level, latent in enumerate(model.encoder(pad_to_multiple(x, model.padding_multiple))):
+            symbols = np.rint(latent[0].numpy() - tables[level].medians[:, None, None]).astype(np.int64)
+            counts[level] += symbol_counts(tables[level], symbols)
+    fitted = [fit_tables(t, k, prior_weight) for t, k in zip(tables, counts)]
+    report = {
+        "dir": str(fit_dir),
+        "images": len(images.names),
+        "sha256": images.sha256,
+        "prior_weight": prior_weight,
+        "symbols": [int(k.sum()) for k in counts],
+        "bits_per_symbol_frozen": [count_bits(t, k) / k.sum() for t, k in zip(tables, counts)],
+        "bits_per_symbol_fitted": [count_bits(t, k) / k.sum() for t, k in zip(fitted, counts)],
+    }
+    return fitted, report
+
+
 def export_model(
     model: SSLIC,
     out_dir: str | Path,
     summary: dict | None = None,
     precision: int = DEFAULT_PRECISION,
     example_size: int | None = None,
+    fit_dir: str | Path | None = None,
+    prior_weight: float = DEFAULT_PRIOR_WEIGHT,
 ) -> dict:
-    """Write the artifact folder for ``model`` and return its manifest."""
+    """Write the artifact folder for ``model`` and return its manifest; with ``fit_dir`` the entropy tables
+    are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _set_export_mode(model)
@@ -191,6 +223,9 @@ def export_model(
         onnx.checker.check_model(str(out / name), full_check=True)
 
     tables: list[FrozenTables] = [freeze_bottleneck(eb, precision) for eb in model.entropy]
+    fit_report = None
+    if fit_dir is not None:
+        tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight)
     save_tables(out / "entropy_tables.npz", tables)
 
     files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
@@ -216,6 +251,7 @@ def export_model(
         "weights": WEIGHTS_FILE,
         "entropy_tables": "entropy_tables.npz",
         "table_precision": precision,
+        "tables_fitted_on": fit_report,
         "onnx_opset": OPSET,
         "files": hashes,
         "model": dataclasses.asdict(model.config),
@@ -232,10 +268,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="codec checkpoint (model_export.checkpoint format)")
     parser.add_argument("out_dir", help="artifact folder to write")
     parser.add_argument("--precision", type=int, default=DEFAULT_PRECISION, help="CDF table precision in bits")
+    parser.add_argument("--fit-tables", metavar="DIR", default=None,
+                        help="refit the entropy tables to the symbols of these images (the training images)")
+    parser.add_argument("--prior-weight", type=float, default=DEFAULT_PRIOR_WEIGHT,
+                        help="share of the learned density kept in refitted tables")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model, _config, summary = load_codec_checkpoint(args.checkpoint)
-    manifest = export_model(model, args.out_dir, summary=summary, precision=args.precision)
+    try:
+        manifest = export_model(model, args.out_dir, summary=summary, precision=args.precision,
+                                fit_dir=args.fit_tables, prior_weight=args.prior_weight)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"export: {exc}") from exc
     size = sum((Path(args.out_dir) / name).stat().st_size for name in manifest["files"])
     print(f"wrote {args.out_dir}: model id {manifest['model_id']}, {manifest['levels']} levels, {size / 1e6:.1f} MB")
 

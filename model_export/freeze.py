@@ -10,6 +10,11 @@ For channel c of a level, with median m_c and learned tail quantiles q_lo, q_hi:
 - the probabilities are quantised to integer frequencies summing to ``2**precision``, every one ≥ 1, so
   the CDF ``cdf_c[0] = 0 < cdf_c[1] < … < cdf_c[length_c] = 2**precision`` is strictly increasing.
 
+Optionally (``fit_tables``) the probabilities are then refitted to how often each symbol occurs when the
+encoder's latents are rounded on training images. The density was learned on noisy latents y + U(−½, ½), whose
+distribution is smoother than that of round(y − m_c): its tables give the most frequent symbols too little
+probability. The support, offsets and escape stay as frozen; only the frequencies change.
+
 The tables are written with ``numpy.savez`` (no pickled objects); ``docs/artifacts.md`` describes them.
 """
 
@@ -24,9 +29,14 @@ import torch
 
 from .entropy import EntropyBottleneck
 
-__all__ = ["FrozenTables", "freeze_bottleneck", "quantize_pmf", "save_tables", "DEFAULT_PRECISION"]
+__all__ = [
+    "FrozenTables", "freeze_bottleneck", "quantize_pmf", "save_tables", "symbol_counts", "fit_tables", "count_bits",
+    "DEFAULT_PRECISION", "DEFAULT_PRIOR_WEIGHT",
+]
 
 DEFAULT_PRECISION = 16
+# share of the learned density kept in fitted tables: symbols unseen in the fitting images stay cheap
+DEFAULT_PRIOR_WEIGHT = 0.01
 
 
 @dataclass
@@ -108,6 +118,51 @@ def freeze_bottleneck(bottleneck: EntropyBottleneck, precision: int = DEFAULT_PR
         medians=medians.float().numpy().astype(np.float32),
         precision=precision,
     )
+
+
+def symbol_counts(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
+    """How often each table index occurs in ``symbols`` (C, …), symbols outside a channel's table counted on its
+    escape index: int64 (C, max(lengths))."""
+    counts = np.zeros((tables.channels, int(tables.lengths.max())), dtype=np.int64)
+    for c in range(tables.channels):
+        n = int(tables.lengths[c])
+        index = symbols[c].ravel().astype(np.int64) - int(tables.offsets[c])
+        index = np.where((index < 0) | (index >= n - 1), n - 1, index)
+        counts[c, :n] += np.bincount(index, minlength=n)
+    return counts
+
+
+def fit_tables(tables: FrozenTables, counts: np.ndarray, prior_weight: float = DEFAULT_PRIOR_WEIGHT) -> FrozenTables:
+    """The same support, offsets and medians, with each channel's probabilities set to ``1 − prior_weight`` of
+    the symbol frequencies in ``counts`` (from :func:`symbol_counts`) plus ``prior_weight`` of the frozen
+    tables' own; a channel without counts keeps its frozen tables."""
+    if not 0.0 <= prior_weight <= 1.0:
+        raise ValueError(f"prior_weight must be in [0, 1], got {prior_weight}")
+    if counts.shape != (tables.channels, int(tables.lengths.max())) or np.any(counts < 0):
+        raise ValueError(f"counts must be non-negative with shape {(tables.channels, int(tables.lengths.max()))}")
+    total = 1 << tables.precision
+    cdf = tables.cdf.copy()
+    for c in range(tables.channels):
+        n = int(tables.lengths[c])
+        seen = counts[c, :n].astype(np.float64)
+        if seen.sum() == 0:
+            continue
+        frozen = np.diff(tables.cdf[c, : n + 1]).astype(np.float64) / total
+        probabilities = (1.0 - prior_weight) * seen / seen.sum() + prior_weight * frozen
+        cdf[c, 1 : n + 1] = np.cumsum(quantize_pmf(probabilities, tables.precision))
+    return FrozenTables(cdf=cdf, lengths=tables.lengths.copy(), offsets=tables.offsets.copy(),
+                        medians=tables.medians.copy(), precision=tables.precision)
+
+
+def count_bits(tables: FrozenTables, counts: np.ndarray) -> float:
+    """Bits the tables assign to the symbols counted in ``counts`` (escape payloads not counted)."""
+    total = 1 << tables.precision
+    bits = 0.0
+    for c in range(tables.channels):
+        n = int(tables.lengths[c])
+        freqs = np.diff(tables.cdf[c, : n + 1]).astype(np.float64)
+        bits += float(-(counts[c, :n] * np.log2(freqs / total)).sum())
+    return bits
 
 
 class _Float64Density:

@@ -93,6 +93,22 @@ def test_decoders_are_exported_without_transposed_convolutions(tiny_export):
         assert "ConvTranspose" not in ops and "DepthToSpace" in ops
 
 
+def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tmp_path, small_image_dir):
+    model, _, manifest = tiny_export
+    assert manifest["tables_fitted_on"] is None
+    fitted = export_model(model, tmp_path, summary={"name": "tiny"}, fit_dir=small_image_dir)
+    report = fitted["tables_fitted_on"]
+    assert report["images"] == 6 and report["dir"] == str(small_image_dir) and len(report["sha256"]) == 64
+    assert all(f < b for f, b in zip(report["bits_per_symbol_fitted"], report["bits_per_symbol_frozen"]))
+    assert fitted["model_id"] != manifest["model_id"]
+    codec = Codec.from_dir(tmp_path, threads=1)
+    image = (_image(64, 96).numpy()[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    container = codec.compress(Image.fromarray(image), "all")
+    assert np.asarray(codec.decompress(container, 3)).shape == image.shape
+    with pytest.raises(FileNotFoundError):
+        export_model(model, tmp_path / "none", fit_dir=tmp_path / "no-such-folder")
+
+
 def test_export_is_reproducible(tiny_export, tmp_path):
     model, _, manifest = tiny_export
     again = export_model(model, tmp_path, summary={"name": "tiny"})

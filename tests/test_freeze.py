@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from model_export.entropy import EntropyBottleneck
-from model_export.freeze import freeze_bottleneck, ideal_bits, quantize_pmf
+from model_export.freeze import count_bits, fit_tables, freeze_bottleneck, ideal_bits, quantize_pmf, symbol_counts
+from service.entropy_coder import LevelTables, TableCoder
 
 
 def test_quantize_pmf_sums_to_total_and_keeps_every_bin():
@@ -80,3 +81,51 @@ def test_precision_out_of_range_is_rejected():
     bottleneck, _ = _trained_bottleneck(2)
     with pytest.raises(ValueError):
         freeze_bottleneck(bottleneck, precision=20)
+
+
+def _rounded_symbols(bottleneck: EntropyBottleneck, y: torch.Tensor) -> np.ndarray:
+    return torch.round(y - bottleneck.medians())[0].numpy().astype(np.int64)
+
+
+def test_tables_fitted_to_rounded_symbols_code_new_ones_in_fewer_bits():
+    bottleneck, _ = _trained_bottleneck()
+    frozen = freeze_bottleneck(bottleneck, precision=16)
+    scales = torch.linspace(0.5, 6.0, 6).reshape(1, 6, 1, 1)
+    torch.manual_seed(1)
+
+    def counts_of_a_sample() -> np.ndarray:
+        y = torch.distributions.Laplace(0.0, 1.0).sample((1, 6, 96, 96)) * scales + 0.3
+        return symbol_counts(frozen, _rounded_symbols(bottleneck, y))
+
+    fitted = fit_tables(frozen, counts_of_a_sample())
+    fresh = counts_of_a_sample()
+    assert count_bits(fitted, fresh) < count_bits(frozen, fresh)
+    for c in range(fitted.channels):
+        row = fitted.cdf[c, : int(fitted.lengths[c]) + 1]
+        assert row[0] == 0 and row[-1] == 1 << 16 and np.all(np.diff(row) > 0)
+    np.testing.assert_array_equal(fitted.lengths, frozen.lengths)
+    np.testing.assert_array_equal(fitted.offsets, frozen.offsets)
+
+
+def test_fitted_tables_still_code_any_symbol_exactly():
+    bottleneck, y = _trained_bottleneck()
+    frozen = freeze_bottleneck(bottleneck, precision=16)
+    symbols = _rounded_symbols(bottleneck, y)
+    fitted = fit_tables(frozen, symbol_counts(frozen, symbols), prior_weight=0.0)
+    symbols[:, 0, :4] = [-100_000, 5_000, 0, 70_000]  # far outside every table: escapes
+    coder = TableCoder(LevelTables(fitted.cdf, fitted.lengths, fitted.offsets, fitted.medians, fitted.precision))
+    decoded = coder.decode(coder.encode(symbols.astype(np.int32)), symbols.shape[1], symbols.shape[2])
+    np.testing.assert_array_equal(decoded, symbols)
+
+
+def test_fitting_keeps_the_frozen_tables_where_it_has_nothing_to_say():
+    bottleneck, y = _trained_bottleneck()
+    frozen = freeze_bottleneck(bottleneck, precision=16)
+    counts = symbol_counts(frozen, _rounded_symbols(bottleneck, y))
+    counts[2] = 0
+    np.testing.assert_array_equal(fit_tables(frozen, counts).cdf[2], frozen.cdf[2])
+    np.testing.assert_array_equal(fit_tables(frozen, counts, prior_weight=1.0).cdf, frozen.cdf)
+    with pytest.raises(ValueError, match="prior_weight"):
+        fit_tables(frozen, counts, prior_weight=1.5)
+    with pytest.raises(ValueError, match="counts"):
+        fit_tables(frozen, counts[:, :3])

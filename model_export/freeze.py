@@ -20,7 +20,6 @@ The tables are written with ``numpy.savez`` (no pickled objects); ``docs/artifac
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,12 +209,4 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
 
 def ideal_bits(tables: FrozenTables, symbols: np.ndarray) -> float:
     """Bits the tables assign to ``symbols`` (C, n) (escape payloads not counted); for tests and reports."""
-    total = 1 << tables.precision
-    bits = 0.0
-    for c in range(tables.channels):
-        n = int(tables.lengths[c])
-        index = symbols[c] - tables.offsets[c]
-        index = np.where((index < 0) | (index >= n - 1), n - 1, index)
-        freqs = np.diff(tables.cdf[c, : n + 1])
-        bits += float(-np.log2(freqs[index] / total).sum())
-    return bits if math.isfinite(bits) else float("inf")
+    return count_bits(tables, symbol_counts(tables, symbols))

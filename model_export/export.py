@@ -12,7 +12,8 @@
   stored as fp16 and cast back to fp32 inside the graph, which halves the folder without changing a value;
 - ``entropy_tables.npz``: the frozen integer CDF tables (``model_export.freeze``), with ``--fit-tables DIR``
   refitted to the symbols the encoder produces on the images of DIR (the training images, never evaluation
-  ones);
+  ones), and then given a channel context (``--context-buckets``, default 16 tables per channel;
+  ``service.channel_context``) fitted to the same symbols;
 - ``manifest.json``: format version, model id (hash of the files), levels, channels, strides, padding
   multiple, table precision, sha256 of every file, the training summary and validation metrics.
 
@@ -42,7 +43,8 @@ from service.model import file_sha256, model_id_for
 from .checkpoint import load_codec_checkpoint
 from .decoder import use_subpixel_upsampling
 from .data import ImageSet
-from .freeze import (DEFAULT_PRECISION, DEFAULT_PRIOR_WEIGHT, FrozenTables, count_bits, fit_tables,
+from .freeze import (DEFAULT_CONTEXT_BUCKETS, DEFAULT_PRECISION, DEFAULT_PRIOR_WEIGHT, FrozenTables, context_bits,
+                     count_bits, fit_context_tables, fit_tables,
                      freeze_bottleneck, save_tables, symbol_counts)
 from .model import SSLIC, pad_to_multiple
 
@@ -159,17 +161,22 @@ class _SharedWeights:
 
 @torch.no_grad()
 def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path,
-                   prior_weight: float) -> tuple[list[FrozenTables], dict]:
+                   prior_weight: float, context_buckets: int) -> tuple[list[FrozenTables], dict]:
     """Refit every level's tables to the symbols of the images in ``fit_dir`` (each image whole, padded as the
-    runtime pads it, rounded against the frozen medians); returns the tables and a report for the manifest."""
+    runtime pads it, rounded against the frozen medians), then fit a channel context with ``context_buckets``
+    tables per channel (0: none); returns the tables and a report for the manifest."""
     images = ImageSet.from_dir(fit_dir)
     counts = [np.zeros((t.channels, int(t.lengths.max())), dtype=np.int64) for t in tables]
+    symbols: list[list[np.ndarray]] = [[] for _ in tables]
     for image in images.images:
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
         for level, latent in enumerate(model.encoder(pad_to_multiple(x, model.padding_multiple))):
-            symbols = np.rint(latent[0].numpy() - tables[level].medians[:, None, None]).astype(np.int64)
-            counts[level] += symbol_counts(tables[level], symbols)
+            level_symbols = np.rint(latent[0].numpy() - tables[level].medians[:, None, None]).astype(np.int32)
+            counts[level] += symbol_counts(tables[level], level_symbols)
+            symbols[level].append(level_symbols)
     fitted = [fit_tables(t, k, prior_weight) for t, k in zip(tables, counts)]
+    if context_buckets:
+        fitted = [fit_context_tables(t, s, buckets=context_buckets) for t, s in zip(fitted, symbols)]
     report = {
         "dir": str(fit_dir),
         "images": len(images.names),
@@ -178,8 +185,21 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
         "symbols": [int(k.sum()) for k in counts],
         "bits_per_symbol_frozen": [count_bits(t, k) / k.sum() for t, k in zip(tables, counts)],
         "bits_per_symbol_fitted": [count_bits(t, k) / k.sum() for t, k in zip(fitted, counts)],
+        "context_buckets": context_buckets,
+        "bits_per_symbol_context": [
+            sum(context_bits(t, s) for s in level_symbols) / k.sum()
+            for t, level_symbols, k in zip(fitted, symbols, counts)
+        ] if context_buckets else None,
     }
     return fitted, report
+
+
+def _entropy_coding(tables: list[FrozenTables]) -> dict:
+    """The manifest's description of how symbols are coded (docs/artifacts.md)."""
+    context = tables[0].context
+    if context is None:
+        return {"method": "factorized"}
+    return {"method": "channel-context", "buckets": context.buckets, "clip": context.clip, "window": context.window}
 
 
 def export_model(
@@ -190,9 +210,11 @@ def export_model(
     example_size: int | None = None,
     fit_dir: str | Path | None = None,
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
+    context_buckets: int = DEFAULT_CONTEXT_BUCKETS,
 ) -> dict:
     """Write the artifact folder for ``model`` and return its manifest; with ``fit_dir`` the entropy tables
-    are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`)."""
+    are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`) and given a channel
+    context of ``context_buckets`` tables per channel (:func:`model_export.freeze.fit_context_tables`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _set_export_mode(model)
@@ -225,7 +247,7 @@ def export_model(
     tables: list[FrozenTables] = [freeze_bottleneck(eb, precision) for eb in model.entropy]
     fit_report = None
     if fit_dir is not None:
-        tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight)
+        tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight, context_buckets)
     save_tables(out / "entropy_tables.npz", tables)
 
     files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
@@ -252,6 +274,7 @@ def export_model(
         "entropy_tables": "entropy_tables.npz",
         "table_precision": precision,
         "tables_fitted_on": fit_report,
+        "entropy_coding": _entropy_coding(tables),
         "onnx_opset": OPSET,
         "files": hashes,
         "model": dataclasses.asdict(model.config),
@@ -272,12 +295,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="refit the entropy tables to the symbols of these images (the training images)")
     parser.add_argument("--prior-weight", type=float, default=DEFAULT_PRIOR_WEIGHT,
                         help="share of the learned density kept in refitted tables")
+    parser.add_argument("--context-buckets", type=int, default=DEFAULT_CONTEXT_BUCKETS,
+                        help="with --fit-tables: tables per channel chosen by the channel context (0: one table)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model, _config, summary = load_codec_checkpoint(args.checkpoint)
     try:
         manifest = export_model(model, args.out_dir, summary=summary, precision=args.precision,
-                                fit_dir=args.fit_tables, prior_weight=args.prior_weight)
+                                fit_dir=args.fit_tables, prior_weight=args.prior_weight,
+                                context_buckets=args.context_buckets)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"export: {exc}") from exc
     size = sum((Path(args.out_dir) / name).stat().st_size for name in manifest["files"])

@@ -15,27 +15,40 @@ encoder's latents are rounded on training images. The density was learned on noi
 distribution is smoother than that of round(y − m_c): its tables give the most frequent symbols too little
 probability. The support, offsets and escape stay as frozen; only the frequencies change.
 
+``fit_context_tables`` then gives every channel B tables, one per bucket of the channel context
+(``service.channel_context``: how busy the channels coded before it are around each symbol), fitted to the
+same training symbols and smoothed towards the channel's own table.
+
 The tables are written with ``numpy.savez`` (no pickled objects); ``docs/artifacts.md`` describes them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from service.channel_context import DEFAULT_CLIP, DEFAULT_WINDOW, ChannelContext, bucket_of
+
 from .entropy import EntropyBottleneck
 
 __all__ = [
     "FrozenTables", "freeze_bottleneck", "quantize_pmf", "save_tables", "symbol_counts", "fit_tables", "count_bits",
-    "DEFAULT_PRECISION", "DEFAULT_PRIOR_WEIGHT",
+    "fit_context_tables", "context_bits", "DEFAULT_PRECISION", "DEFAULT_PRIOR_WEIGHT", "DEFAULT_CONTEXT_BUCKETS",
+    "DEFAULT_CONTEXT_PSEUDO_COUNTS",
 ]
 
 DEFAULT_PRECISION = 16
 # share of the learned density kept in fitted tables: symbols unseen in the fitting images stay cheap
 DEFAULT_PRIOR_WEIGHT = 0.01
+# channel context: tables per channel, and how many symbols' worth of the channel's own table each one keeps
+DEFAULT_CONTEXT_BUCKETS = 16
+DEFAULT_CONTEXT_PSEUDO_COUNTS = 50.0
+# the context weight of channel c is about _WEIGHT_SCALE / mean |symbol of c|
+_WEIGHT_SCALE = 4096
 
 
 @dataclass
@@ -47,6 +60,8 @@ class FrozenTables:
     offsets: np.ndarray  # int32 (C,): symbol value of table index 0
     medians: np.ndarray  # float32 (C,)
     precision: int
+    context: ChannelContext | None = None
+    context_cdf: np.ndarray | None = None  # int32 (C, B, max(lengths) + 1), padded like ``cdf``
 
     @property
     def channels(self) -> int:
@@ -164,6 +179,68 @@ def count_bits(tables: FrozenTables, counts: np.ndarray) -> float:
     return bits
 
 
+def _table_indices(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
+    """Table index of every symbol (C, H, W), escapes on the last index."""
+    lengths = tables.lengths.astype(np.int64)[:, None, None]
+    index = symbols.astype(np.int64) - tables.offsets.astype(np.int64)[:, None, None]
+    return np.where((index < 0) | (index >= lengths - 1), lengths - 1, index)
+
+
+def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets: int = DEFAULT_CONTEXT_BUCKETS,
+                       pseudo_counts: float = DEFAULT_CONTEXT_PSEUDO_COUNTS, clip: int = DEFAULT_CLIP,
+                       window: int = DEFAULT_WINDOW) -> FrozenTables:
+    """``tables`` with a channel context fitted to ``symbols`` (a list of (C, H, W) integer arrays).
+
+    The weights make every channel count alike (``4096 / (mean |s_c| + 0.05)``); channel c's B − 1 thresholds
+    are quantiles of its activity over the symbols, so its buckets hold about equal shares of them; bucket b's
+    probabilities are its symbol frequencies with ``pseudo_counts`` symbols' worth of the channel's table."""
+    if not 2 <= buckets <= 256:
+        raise ValueError(f"buckets must be 2..256, got {buckets}")
+    if pseudo_counts <= 0:
+        raise ValueError(f"pseudo_counts must be positive, got {pseudo_counts}")
+    if not symbols or any(s.ndim != 3 or s.shape[0] != tables.channels for s in symbols):
+        raise ValueError(f"need symbol arrays of shape ({tables.channels}, H, W)")
+    channels, width = tables.channels, int(tables.lengths.max())
+    mean_abs = sum(np.abs(s.astype(np.int64)).sum(axis=(1, 2)) for s in symbols) / sum(s[0].size for s in symbols)
+    weights = np.maximum(np.round(_WEIGHT_SCALE / (mean_abs + 0.05)), 1).astype(np.int64)
+    probe = ChannelContext(weights=weights, edges=np.zeros((channels, 0), np.int64), clip=clip, window=window)
+    activities = [probe.activities_of(s) for s in symbols]
+    quantiles = np.linspace(0.0, 1.0, buckets + 1)[1:-1]
+    edges = np.stack([
+        np.quantile(np.concatenate([a[c].ravel() for a in activities]), quantiles, method="lower")
+        for c in range(channels)
+    ]).astype(np.int64)
+    context = ChannelContext(weights=weights, edges=edges, clip=clip, window=window)
+    counts = np.zeros((channels, buckets, width), dtype=np.float64)
+    for s, a in zip(symbols, activities):
+        index = _table_indices(tables, s)
+        for c in range(channels):
+            bucket = bucket_of(a[c], edges[c]).ravel()
+            np.add.at(counts[c], (bucket, index[c].ravel()), 1.0)
+    total = 1 << tables.precision
+    context_cdf = np.full((channels, buckets, tables.cdf.shape[1]), total, dtype=np.int32)
+    for c in range(channels):
+        n = int(tables.lengths[c])
+        own = np.diff(tables.cdf[c, : n + 1]).astype(np.float64) / total
+        for b in range(buckets):
+            probabilities = (counts[c, b, :n] + pseudo_counts * own) / (counts[c, b, :n].sum() + pseudo_counts)
+            context_cdf[c, b, 0] = 0
+            context_cdf[c, b, 1 : n + 1] = np.cumsum(quantize_pmf(probabilities, tables.precision))
+    return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
+
+
+def context_bits(tables: FrozenTables, symbols: np.ndarray) -> float:
+    """Bits the tables assign to ``symbols`` (C, H, W), through the channel context when the tables have one
+    (escape payloads not counted)."""
+    if tables.context is None:
+        return ideal_bits(tables, symbols)
+    index = _table_indices(tables, symbols)
+    buckets = tables.context.buckets_of(symbols)
+    freqs = np.diff(tables.context_cdf.astype(np.int64), axis=2)
+    channel = np.arange(tables.channels)[:, None, None]
+    return float(-np.log2(freqs[channel, buckets, index] / (1 << tables.precision)).sum())
+
+
 class _Float64Density:
     """The bottleneck's cumulative evaluated in float64 (the freeze step needs accurate tails)."""
 
@@ -193,8 +270,14 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
     precisions = {t.precision for t in tables}
     if len(precisions) != 1:
         raise ValueError("all levels must share one table precision")
+    with_context = [t.context is not None for t in tables]
+    if any(with_context) and not all(with_context):
+        raise ValueError("either every level has a channel context or none does")
+    contexts = {(t.context.clip, t.context.window) for t in tables if t.context is not None}
+    if len(contexts) > 1:
+        raise ValueError("all levels must share one context clip and window")
     arrays: dict[str, np.ndarray] = {
-        "format_version": np.array([1], dtype=np.int32),
+        "format_version": np.array([2 if all(with_context) else 1], dtype=np.int32),
         "precision": np.array([precisions.pop()], dtype=np.int32),
         "levels": np.array([len(tables)], dtype=np.int32),
     }
@@ -203,8 +286,16 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
         arrays[f"level{level}_lengths"] = table.lengths
         arrays[f"level{level}_offsets"] = table.offsets
         arrays[f"level{level}_medians"] = table.medians
+        if table.context is not None:
+            arrays[f"level{level}_context_weights"] = table.context.weights.astype(np.int64)
+            arrays[f"level{level}_context_edges"] = table.context.edges.astype(np.int64)
+            arrays[f"level{level}_context_cdf"] = table.context_cdf.astype(np.int32)
+    if contexts:
+        clip, window = contexts.pop()
+        arrays["context_clip"] = np.array([clip], dtype=np.int32)
+        arrays["context_window"] = np.array([window], dtype=np.int32)
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez_compressed(handle, **arrays)
 
 
 def ideal_bits(tables: FrozenTables, symbols: np.ndarray) -> float:

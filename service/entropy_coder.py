@@ -3,8 +3,11 @@
 Per level, channel by channel (channel order, then raster order inside a channel), each symbol is coded
 with its channel's table; a symbol outside the table is coded as the escape index (the table's last) and
 its value follows right after its channel's symbols: per escaped symbol a bit length ``k`` (uniform over
-0..31), then ``ceil(k / 16)`` 16-bit chunks, low chunk first. Only the stored integer tables are used, so a
-stream decodes the same on every machine. Decoding checks that every word of the payload was used.
+0..31), then ``ceil(k / 16)`` 16-bit chunks, low chunk first. With a channel context (tables format 2,
+``service.channel_context``) each channel has B tables: its symbols are coded bucket by bucket (bucket 0
+first, raster order inside a bucket), each with its bucket's table, then its escapes in raster order. Only
+the stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that
+every word of the payload was used.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import constriction
 import numpy as np
 
+from .channel_context import ChannelContext
 from .errors import CorruptStream, ModelLoadError, TrailingData
 
 __all__ = ["LevelTables", "TableCoder", "load_tables", "MAX_ABS_SYMBOL"]
@@ -22,6 +26,7 @@ __all__ = ["LevelTables", "TableCoder", "load_tables", "MAX_ABS_SYMBOL"]
 MAX_ABS_SYMBOL = 1 << 24
 _LENGTH_BITS = 32
 _CHUNK_BITS = 16
+_VECTOR_BUCKETS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class LevelTables:
     offsets: np.ndarray  # int32 (C,): symbol of index 0
     medians: np.ndarray  # float32 (C,)
     precision: int
+    context: ChannelContext | None = None
+    context_cdf: np.ndarray | None = None  # int64 (C, B, max length + 1): the B tables of each channel
 
     @property
     def channels(self) -> int:
@@ -47,8 +54,9 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
         raise ModelLoadError(f"cannot read entropy tables {path}: {error}") from error
     with archive:
         try:
-            if int(archive["format_version"][0]) != 1:
-                raise ModelLoadError(f"{path}: unknown table format {int(archive['format_version'][0])}")
+            version = int(archive["format_version"][0])
+            if version not in (1, 2):
+                raise ModelLoadError(f"{path}: unknown table format {version}")
             precision = int(archive["precision"][0])
             if int(archive["levels"][0]) != levels:
                 raise ModelLoadError(f"{path}: {int(archive['levels'][0])} levels, manifest says {levels}")
@@ -59,6 +67,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
                     offsets=archive[f"level{i}_offsets"].astype(np.int64),
                     medians=archive[f"level{i}_medians"].astype(np.float32),
                     precision=precision,
+                    **(_context_arrays(archive, i) if version == 2 else {}),
                 )
                 for i in range(1, levels + 1)
             ]
@@ -67,6 +76,16 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
     for level, (table, expected) in enumerate(zip(tables, channels), start=1):
         _check_table(table, expected, level)
     return tables
+
+
+def _context_arrays(archive, level: int) -> dict:
+    context = ChannelContext(
+        weights=archive[f"level{level}_context_weights"].astype(np.int64),
+        edges=archive[f"level{level}_context_edges"].astype(np.int64),
+        clip=int(archive["context_clip"][0]),
+        window=int(archive["context_window"][0]),
+    )
+    return {"context": context, "context_cdf": archive[f"level{level}_context_cdf"].astype(np.int64)}
 
 
 def _check_table(table: LevelTables, channels: int, level: int) -> None:
@@ -80,6 +99,30 @@ def _check_table(table: LevelTables, channels: int, level: int) -> None:
         row = table.cdf[c, : n + 1]
         if row[0] != 0 or row[-1] != total or np.any(np.diff(row) <= 0):
             raise ModelLoadError(f"level {level} channel {c}: the CDF is not strictly increasing from 0 to {total}")
+    if table.context is not None:
+        _check_context(table, level)
+
+
+def _check_context(table: LevelTables, level: int) -> None:
+    context, cdf, total = table.context, table.context_cdf, 1 << table.precision
+    buckets = context.buckets
+    if not 2 <= buckets <= 256 or context.weights.shape != (table.channels,) or context.edges.ndim != 2:
+        raise ModelLoadError(f"level {level}: context weights {context.weights.shape} and edges {context.edges.shape} "
+                             f"do not fit {table.channels} channels")
+    if cdf is None or cdf.shape[:2] != (table.channels, buckets) or cdf.shape[2] < int(table.lengths.max()) + 1:
+        raise ModelLoadError(f"level {level}: context tables of shape {None if cdf is None else cdf.shape}")
+    if np.any(context.weights < 0) or np.any(context.weights > 1 << 24) or np.any(np.diff(context.edges, axis=1) < 0):
+        raise ModelLoadError(f"level {level}: context weights out of range or thresholds not sorted")
+    if not 1 <= context.clip <= 1 << 16 or context.window not in (1, 3, 5, 7):
+        raise ModelLoadError(f"level {level}: context clip {context.clip} or window {context.window} out of range")
+    positions = np.arange(cdf.shape[2])[None, :]
+    lengths = table.lengths[:, None]
+    for b in range(buckets):
+        rows = cdf[:, b, :]
+        inside = positions <= lengths
+        steps = np.diff(np.where(inside, rows, total + positions), axis=1)
+        if np.any(rows[:, 0] != 0) or np.any(rows[np.arange(table.channels), table.lengths] != total) or np.any(steps <= 0):
+            raise ModelLoadError(f"level {level} bucket {b}: a context CDF is not strictly increasing from 0 to {total}")
 
 
 class TableCoder:
@@ -91,10 +134,23 @@ class TableCoder:
         self._models = []
         for c in range(tables.channels):
             n = int(tables.lengths[c])
-            probabilities = np.diff(tables.cdf[c, : n + 1]).astype(np.float64) / total
-            self._models.append(constriction.stream.model.Categorical(probabilities, perfect=False))
+            if tables.context is None:
+                rows = [tables.cdf[c, : n + 1]]
+            else:
+                rows = [tables.context_cdf[c, b, : n + 1] for b in range(tables.context.buckets)]
+            self._models.append([
+                constriction.stream.model.Categorical(np.diff(row).astype(np.float64) / total, perfect=False)
+                for row in rows
+            ])
         self._length_model = constriction.stream.model.Uniform(_LENGTH_BITS)
         self._chunk_model = constriction.stream.model.Uniform(1 << _CHUNK_BITS)
+
+    def _channel_order(self, buckets: np.ndarray | None) -> tuple[np.ndarray | None, list[int]]:
+        """Positions of a channel in coding order (bucket by bucket, raster order inside) and the bucket sizes."""
+        if buckets is None:
+            return None, []
+        flat = buckets.reshape(-1)
+        return np.argsort(flat, kind="stable"), np.bincount(flat, minlength=self.tables.context.buckets).tolist()
 
     def encode(self, symbols: np.ndarray) -> bytes:
         """Range-code integer symbols (C, H, W) (values are ``round(y − median)``)."""
@@ -103,12 +159,29 @@ class TableCoder:
             raise ValueError(f"symbols must be ({self.tables.channels}, H, W), got {symbols.shape}")
         if np.abs(symbols).max(initial=0) > MAX_ABS_SYMBOL:
             raise ValueError(f"symbol magnitude above {MAX_ABS_SYMBOL}")
+        context = self.tables.context
+        state = context.start(symbols.shape[1], symbols.shape[2]) if context is not None else None
+        # small levels: every bucket at once (less per-channel overhead); large ones channel by channel (cache)
+        buckets = context.buckets_of(symbols) if context is not None and symbols.size <= _VECTOR_BUCKETS else None
         encoder = constriction.stream.queue.RangeEncoder()
         for c in range(self.tables.channels):
             n = int(self.tables.lengths[c])
             index = symbols[c].reshape(-1).astype(np.int64) - int(self.tables.offsets[c])
             escaped = (index < 0) | (index >= n - 1)
-            encoder.encode(np.where(escaped, n - 1, index).astype(np.int32), self._models[c])
+            coded = np.where(escaped, n - 1, index).astype(np.int32)
+            if state is None:
+                encoder.encode(coded, self._models[c][0])
+            else:
+                if buckets is None:
+                    order, sizes = self._channel_order(state.buckets(c))
+                    state.add(c, symbols[c])
+                else:
+                    order, sizes = self._channel_order(buckets[c])
+                coded, start = coded[order], 0
+                for bucket, size in enumerate(sizes):
+                    if size:
+                        encoder.encode(coded[start : start + size], self._models[c][bucket])
+                    start += size
             if escaped.any():
                 self._encode_escapes(encoder, index[escaped], n - 1)
         return encoder.get_compressed().astype("<u4").tobytes()
@@ -135,15 +208,29 @@ class TableCoder:
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         decoder = constriction.stream.queue.RangeDecoder(words)
         count = height * width
+        context = self.tables.context
+        state = context.start(height, width) if context is not None else None
         out = np.empty((self.tables.channels, count), dtype=np.int64)
         try:
             for c in range(self.tables.channels):
                 n = int(self.tables.lengths[c])
-                index = decoder.decode(self._models[c], count).astype(np.int64)
+                if state is None:
+                    index = decoder.decode(self._models[c][0], count).astype(np.int64)
+                else:
+                    order, sizes = self._channel_order(state.buckets(c))
+                    index = np.empty(count, dtype=np.int64)
+                    index[order] = np.concatenate([
+                        decoder.decode(self._models[c][bucket], size).astype(np.int64) if size else np.zeros(0, np.int64)
+                        for bucket, size in enumerate(sizes)
+                    ])
                 escaped = index == n - 1
                 if escaped.any():
                     index[escaped] = self._decode_escapes(decoder, int(escaped.sum()), n - 1)
                 out[c] = index + int(self.tables.offsets[c])
+                if state is not None:
+                    if np.abs(out[c]).max(initial=0) > MAX_ABS_SYMBOL:
+                        raise CorruptStream("decoded symbol out of range")
+                    state.add(c, out[c].reshape(height, width))
         except (ValueError, KeyError, RuntimeError, AssertionError) as error:
             raise CorruptStream(f"range decoding failed: {error}") from error
         if not decoder.maybe_exhausted():

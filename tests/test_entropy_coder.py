@@ -3,12 +3,14 @@ and a payload that holds more than its symbols is rejected."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from service.channel_context import ChannelContext
 from service.entropy_coder import LevelTables, TableCoder, load_tables
 from service.errors import CorruptStream, ModelLoadError, TrailingData
 
@@ -102,3 +104,99 @@ def test_tables_that_are_not_strictly_increasing_are_rejected(tmp_path):
     )
     with pytest.raises(ModelLoadError):
         load_tables(tmp_path / "t.npz", 1, [2])
+
+
+def _context_tables(channels: int, buckets: int = 4, half_width: int = 8) -> LevelTables:
+    """The Laplacian tables with a hand-made channel context: bucket b's table is b + 1 times wider."""
+    base = _laplace_tables(channels, half_width)
+    n = 2 * half_width + 1
+    values = np.arange(-half_width, half_width + 1)
+    context_cdf = np.zeros((channels, buckets, n + 2), dtype=np.int64)
+    for c in range(channels):
+        for b in range(buckets):
+            probabilities = np.exp(-np.abs(values) / (0.4 * (b + 1)))
+            probabilities = np.r_[probabilities / probabilities.sum() * 0.999, 0.001]
+            freqs = np.maximum(np.round(probabilities * (1 << 16)).astype(np.int64), 1)
+            freqs[np.argmax(freqs)] -= freqs.sum() - (1 << 16)
+            context_cdf[c, b, 1:] = np.cumsum(freqs)
+    edges = np.tile(np.array([4, 20, 60][: buckets - 1], dtype=np.int64), (channels, 1))
+    context = ChannelContext(weights=np.full(channels, 2, dtype=np.int64), edges=edges)
+    return dataclasses.replace(base, context=context, context_cdf=context_cdf)
+
+
+def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
+    """Symbols whose scale follows one smooth busy/flat field shared by all channels."""
+    field = np.repeat(np.repeat(rng.uniform(0.1, 3.0, size=(height // 4 + 1, width // 4 + 1)), 4, 0), 4, 1)
+    return np.rint(rng.laplace(0, 1, size=(channels, height, width)) * field[:height, :width]).astype(np.int32)
+
+
+# the encoder finds the buckets of small levels all at once and of large ones channel by channel, as decoding does
+@pytest.mark.parametrize("height, width", [(19, 26), (230, 240)])
+def test_channel_context_round_trip_is_exact_and_byte_identical(height, width):
+    rng = np.random.default_rng(3)
+    coder = TableCoder(_context_tables(5))
+    symbols = _busy_symbols(rng, 5, height, width)
+    symbols[0, 0, 0] = 70_000  # escapes also feed the context of later channels (clipped)
+    symbols[3, height - 1, width - 1] = -(1 << 24)
+    payload = coder.encode(symbols)
+    np.testing.assert_array_equal(coder.decode(payload, height, width), symbols)
+    assert TableCoder(_context_tables(5)).encode(symbols) == payload
+    with pytest.raises((CorruptStream, TrailingData)):
+        coder.decode(payload[: len(payload) // 2], height, width)
+    with pytest.raises(TrailingData):
+        coder.decode(payload + b"\x00\x00\x00\x01" * 2, height, width)
+
+
+@pytest.mark.parametrize("height, width", [(12, 9), (60, 50)])  # one binary search / a pass per threshold
+def test_channel_context_buckets_are_what_the_decoder_sees(height, width):
+    rng = np.random.default_rng(4)
+    context = _context_tables(4).context
+    symbols = _busy_symbols(rng, 4, height, width)
+    buckets = context.buckets_of(symbols)  # the encoder's, all channels at once
+    state = context.start(height, width)  # the decoder's, channel after channel
+    for c in range(4):
+        np.testing.assert_array_equal(state.buckets(c), buckets[c])
+        np.testing.assert_array_equal(buckets[c], np.searchsorted(context.edges[c], state.activity(), side="right"))
+        state.add(c, symbols[c])
+    assert np.all(buckets[0] == np.searchsorted(context.edges[0], 0, side="right"))
+    assert len(np.unique(buckets[1:])) >= 3  # the context varies with the busy field
+
+
+def _save_context_tables(path: Path, tables: LevelTables, **overrides) -> None:
+    arrays = {
+        "format_version": np.array([2]), "precision": np.array([16]), "levels": np.array([1]),
+        "context_clip": np.array([255]), "context_window": np.array([3]),
+        "level1_cdf": tables.cdf, "level1_lengths": tables.lengths, "level1_offsets": tables.offsets,
+        "level1_medians": tables.medians, "level1_context_weights": tables.context.weights,
+        "level1_context_edges": tables.context.edges, "level1_context_cdf": tables.context_cdf,
+    }
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+
+
+def test_context_tables_load_and_bad_ones_are_rejected(tmp_path):
+    tables = _context_tables(3)
+    _save_context_tables(tmp_path / "good.npz", tables)
+    loaded = load_tables(tmp_path / "good.npz", 1, [3])[0]
+    symbols = _busy_symbols(np.random.default_rng(5), 3, 8, 8)
+    assert TableCoder(loaded).encode(symbols) == TableCoder(tables).encode(symbols)
+    unsorted = tables.context.edges.copy()
+    unsorted[1] = unsorted[1, ::-1]
+    flat = tables.context_cdf.copy()
+    flat[2, 1, 5] = flat[2, 1, 4]
+    for name, overrides in {
+        "unsorted thresholds": {"level1_context_edges": unsorted},
+        "flat CDF": {"level1_context_cdf": flat},
+        "wrong bucket count": {"level1_context_cdf": tables.context_cdf[:, :2]},
+        "negative weight": {"level1_context_weights": -tables.context.weights},
+        "bad window": {"context_window": np.array([4])},
+        "missing array": {"level1_context_weights": None},
+    }.items():
+        arrays = {k: v for k, v in overrides.items() if v is not None}
+        _save_context_tables(tmp_path / "bad.npz", tables, **arrays)
+        if "missing array" == name:
+            data = dict(np.load(tmp_path / "bad.npz"))
+            del data["level1_context_weights"]
+            np.savez(tmp_path / "bad.npz", **data)
+        with pytest.raises(ModelLoadError):
+            load_tables(tmp_path / "bad.npz", 1, [3])

@@ -100,6 +100,9 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     report = fitted["tables_fitted_on"]
     assert report["images"] == 6 and report["dir"] == str(small_image_dir) and len(report["sha256"]) == 64
     assert all(f < b for f, b in zip(report["bits_per_symbol_fitted"], report["bits_per_symbol_frozen"]))
+    assert all(c < f for c, f in zip(report["bits_per_symbol_context"], report["bits_per_symbol_fitted"]))
+    assert manifest["entropy_coding"] == {"method": "factorized"}
+    assert fitted["entropy_coding"] == {"method": "channel-context", "buckets": 16, "clip": 255, "window": 3}
     assert fitted["model_id"] != manifest["model_id"]
     codec = Codec.from_dir(tmp_path, threads=1)
     image = (_image(64, 96).numpy()[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
@@ -107,6 +110,9 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     assert np.asarray(codec.decompress(container, 3)).shape == image.shape
     with pytest.raises(FileNotFoundError):
         export_model(model, tmp_path / "none", fit_dir=tmp_path / "no-such-folder")
+    one_table = export_model(model, tmp_path / "one", fit_dir=small_image_dir, context_buckets=0)
+    assert one_table["entropy_coding"] == {"method": "factorized"}
+    assert one_table["tables_fitted_on"]["bits_per_symbol_fitted"] == report["bits_per_symbol_fitted"]
 
 
 def test_export_is_reproducible(tiny_export, tmp_path):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from model_export.entropy import EntropyBottleneck
-from model_export.freeze import count_bits, fit_tables, freeze_bottleneck, ideal_bits, quantize_pmf, symbol_counts
-from service.entropy_coder import LevelTables, TableCoder
+from model_export.freeze import (FrozenTables, context_bits, count_bits, fit_context_tables, fit_tables, freeze_bottleneck,
+                                 ideal_bits, quantize_pmf, save_tables, symbol_counts)
+from service.entropy_coder import LevelTables, TableCoder, load_tables
 
 
 def test_quantize_pmf_sums_to_total_and_keeps_every_bin():
@@ -129,3 +130,64 @@ def test_fitting_keeps_the_frozen_tables_where_it_has_nothing_to_say():
         fit_tables(frozen, counts, prior_weight=1.5)
     with pytest.raises(ValueError, match="counts"):
         fit_tables(frozen, counts[:, :3])
+
+
+def _busy_symbols(seed: int, channels: int = 6, size: int = 64) -> np.ndarray:
+    """Symbols whose scale follows a smooth busy/flat field shared by all channels (as image latents do)."""
+    rng = np.random.default_rng(seed)
+    field = np.kron(np.exp(rng.uniform(np.log(0.1), np.log(8.0), size=(size // 8, size // 8))), np.ones((8, 8)))
+    scales = np.linspace(0.5, 2.0, channels)[:, None, None]
+    return np.rint(rng.laplace(0, 1, size=(channels, size, size)) * field * scales).astype(np.int64)
+
+
+def _wide_tables(channels: int = 6, half_width: int = 40) -> FrozenTables:
+    """Frozen-format tables over [−half_width, half_width] + escape, one broad Laplacian per channel."""
+    values = np.arange(-half_width, half_width + 1)
+    n = values.size + 1
+    cdf = np.full((channels, n + 1), 1 << 16, dtype=np.int32)
+    for c in range(channels):
+        probabilities = np.r_[np.exp(-np.abs(values) / (2.0 + c)), 1e-4]
+        cdf[c, 0] = 0
+        cdf[c, 1:] = np.cumsum(quantize_pmf(probabilities, 16))
+    return FrozenTables(cdf=cdf, lengths=np.full(channels, n, dtype=np.int32),
+                        offsets=np.full(channels, -half_width, dtype=np.int32),
+                        medians=np.zeros(channels, dtype=np.float32), precision=16)
+
+
+def test_context_tables_code_fresh_busy_symbols_in_fewer_bits_than_one_table_per_channel():
+    frozen = _wide_tables()
+    training = [_busy_symbols(seed) for seed in range(4)]
+    fitted = fit_tables(frozen, sum(symbol_counts(frozen, s) for s in training))
+    context = fit_context_tables(fitted, training, buckets=8)
+    fresh = _busy_symbols(99)
+    assert context_bits(context, fresh) < 0.93 * ideal_bits(fitted, fresh)
+    assert context_bits(fitted, fresh) == ideal_bits(fitted, fresh)
+    assert context.context_cdf.shape == (6, 8, frozen.cdf.shape[1])
+    assert np.all(np.diff(context.context.edges, axis=1) >= 0)
+    np.testing.assert_array_equal(context.cdf, fitted.cdf)
+
+
+def test_context_tables_survive_saving_and_code_any_symbol_exactly(tmp_path):
+    frozen = _wide_tables()
+    context = fit_context_tables(frozen, [_busy_symbols(0)], buckets=4)
+    save_tables(tmp_path / "t.npz", [context, context])
+    loaded = load_tables(tmp_path / "t.npz", 2, [6, 6])
+    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 2
+    symbols = _busy_symbols(7).astype(np.int32)
+    symbols[:, 0, :3] = [[-100_000], [5_000], [70_000], [0], [1], [-1]]
+    coder = TableCoder(loaded[1])
+    payload = coder.encode(symbols)
+    np.testing.assert_array_equal(coder.decode(payload, 64, 64), symbols)
+    assert len(payload) * 8 < ideal_bits(frozen, symbols)  # fitted to the busy field, cheaper than frozen
+    with pytest.raises(ValueError, match="every level"):
+        save_tables(tmp_path / "mixed.npz", [context, frozen])
+
+
+def test_context_fitting_rejects_bad_arguments():
+    frozen = _wide_tables()
+    with pytest.raises(ValueError, match="buckets"):
+        fit_context_tables(frozen, [_busy_symbols(0)], buckets=1)
+    with pytest.raises(ValueError, match="pseudo_counts"):
+        fit_context_tables(frozen, [_busy_symbols(0)], pseudo_counts=0)
+    with pytest.raises(ValueError, match="shape"):
+        fit_context_tables(frozen, [_busy_symbols(0, channels=5)])

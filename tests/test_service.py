@@ -179,6 +179,7 @@ def test_operational_endpoints_and_metrics(client, codec):
     model = client.get("/v1/model").json()
     assert model["model_id"] == codec.model_id and len(model["levels"]) == 4
     assert model["limits"]["max_pixels"] == 50_000_000 and "CPUExecutionProvider" in model["providers"]
+    assert model["entropy_coding"]["method"] == "channel-context" and model["entropy_coding"]["buckets"] == 16
     assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
     container = client.post("/compress?level=2", content=_png()).content
     client.post("/decompress", content=container)

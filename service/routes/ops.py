@@ -52,6 +52,7 @@ async def model_info(request: Request) -> dict:
         "name": manifest.get("name"),
         "levels": levels,
         "padding_multiple": manifest["padding_multiple"],
+        "entropy_coding": manifest.get("entropy_coding", {"method": "factorized"}),
         "providers": service.codec.model.providers,
         "limits": {
             "max_pixels": settings.max_pixels,

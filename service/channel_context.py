@@ -96,7 +96,17 @@ def window_sum(values: np.ndarray, window: int) -> np.ndarray:
     if window == 1:
         return values.copy()
     radius = window // 2
-    padded = np.pad(values, [(0, 0)] * (values.ndim - 2) + [(radius, radius)] * 2, mode="edge")
     height, width = values.shape[-2:]
-    rows = sum(padded[..., d : d + height, :] for d in range(1, window)) + padded[..., :height, :]
-    return sum(rows[..., d : d + width] for d in range(1, window)) + rows[..., :width]
+    padded = np.empty(values.shape[:-2] + (height + 2 * radius, width + 2 * radius), dtype=values.dtype)
+    padded[..., radius : radius + height, radius : radius + width] = values
+    padded[..., :radius, radius : radius + width] = values[..., :1, :]
+    padded[..., radius + height :, radius : radius + width] = values[..., -1:, :]
+    padded[..., :, :radius] = padded[..., :, radius : radius + 1]
+    padded[..., :, radius + width :] = padded[..., :, radius + width - 1 : radius + width]
+    rows = padded[..., :height, :].copy()
+    for d in range(1, window):
+        rows += padded[..., d : d + height, :]
+    total = rows[..., :width].copy()
+    for d in range(1, window):
+        total += rows[..., d : d + width]
+    return total

@@ -218,11 +218,13 @@ class TableCoder:
                     index = decoder.decode(self._models[c][0], count).astype(np.int64)
                 else:
                     order, sizes = self._channel_order(state.buckets(c))
+                    in_order, start = np.empty(count, dtype=np.int64), 0
+                    for bucket, size in enumerate(sizes):
+                        if size:
+                            in_order[start : start + size] = decoder.decode(self._models[c][bucket], size)
+                            start += size
                     index = np.empty(count, dtype=np.int64)
-                    index[order] = np.concatenate([
-                        decoder.decode(self._models[c][bucket], size).astype(np.int64) if size else np.zeros(0, np.int64)
-                        for bucket, size in enumerate(sizes)
-                    ])
+                    index[order] = in_order
                 escaped = index == n - 1
                 if escaped.any():
                     index[escaped] = self._decode_escapes(decoder, int(escaped.sum()), n - 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.channel_context import ChannelContext
+from service.channel_context import ChannelContext, window_sum
 from service.entropy_coder import LevelTables, TableCoder, load_tables
 from service.errors import CorruptStream, ModelLoadError, TrailingData
 
@@ -200,3 +200,14 @@ def test_context_tables_load_and_bad_ones_are_rejected(tmp_path):
             np.savez(tmp_path / "bad.npz", **data)
         with pytest.raises(ModelLoadError):
             load_tables(tmp_path / "bad.npz", 1, [3])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (7, 9), (3, 4, 5)])
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_window_sum_replicates_edges_like_numpy_pad(shape, window):
+    values = np.random.default_rng(6).integers(0, 1 << 40, size=shape)
+    radius = window // 2
+    padded = np.pad(values, [(0, 0)] * (values.ndim - 2) + [(radius, radius)] * 2, mode="edge")
+    height, width = shape[-2:]
+    expected = sum(padded[..., i : i + height, j : j + width] for i in range(window) for j in range(window))
+    np.testing.assert_array_equal(window_sum(values, window), expected)

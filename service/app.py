@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .batching import NotReady, QueueFull, QueueTimeout
-from .codec import Codec
+from .codec import Codec, rdoq_lambdas
 from .errors import (
     BitstreamError,
     ImageError,
@@ -90,9 +90,12 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
                 settings.threads,
                 settings.max_pixels,
                 settings.tile_size,
+                settings.rdoq_lambda,
             )
-        elif loaded.max_pixels != settings.max_pixels:
-            loaded = Codec(loaded.model, settings.max_pixels)
+        elif (loaded.max_pixels, loaded.rdoq_per_level) != (
+            settings.max_pixels, rdoq_lambdas(settings.rdoq_lambda, loaded.levels)
+        ):
+            loaded = Codec(loaded.model, settings.max_pixels, settings.rdoq_lambda)
         service = CodecService(loaded, settings, metrics)
         metrics.model_info.info(
             {

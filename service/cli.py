@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .bitstream import extract_level, unpack
 from .codec import DEFAULT_MAX_PIXELS, Codec
+from .entropy_coder import DEFAULT_RDOQ_LAMBDA
 from .errors import InvalidParameter, ModelLoadError, SslicError
 from .imageio import OUTPUT_FORMATS, encode_image
 
@@ -22,6 +23,16 @@ EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_MODEL = 4
 EXIT_IO = 5
+
+
+def _rdoq_lambda(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or a comma list of numbers: {text!r}") from None
+    if not all(0.0 <= value <= 100.0 for value in values):
+        raise argparse.ArgumentTypeError(f"each λ must be between 0 and 100, got {text}")
+    return values
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("input", help="image file (PNG, JPEG, WebP, BMP, TIFF, GIF, PPM); '-' for stdin")
     compress.add_argument("output", help="container file; '-' for stdout")
     compress.add_argument("--level", default=None, help="1..L, a comma list such as 1,3, or 'all' (default: finest)")
+    compress.add_argument(
+        "--rdoq", type=_rdoq_lambda, default=None, metavar="LAMBDA",
+        help=f"rate-distortion optimised rounding: the squared latent error one bit is worth, one number for every "
+             f"level or a comma list, one per level (0: plain rounding; larger: fewer bytes, lower quality; default "
+             f"{DEFAULT_RDOQ_LAMBDA} below the finest level, 0 at it)",
+    )
 
     decompress = commands.add_parser("decompress", help="sslic container → image")
     decompress.add_argument("input", help="container file; '-' for stdin")
@@ -81,7 +98,8 @@ def _output_format(path: str) -> str:
 
 def _codec(args: argparse.Namespace) -> Codec:
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
-    return Codec.from_dir(args.model_dir, providers=providers, threads=args.threads, max_pixels=args.max_pixels)
+    return Codec.from_dir(args.model_dir, providers=providers, threads=args.threads, max_pixels=args.max_pixels,
+                          rdoq_lambda=getattr(args, "rdoq", None))
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image
 
 from .bitstream import Container, LevelStream, extract_level, pack, unpack
+from .entropy_coder import DEFAULT_RDOQ_LAMBDA
 from .errors import CorruptStream, ImageTooLarge, InvalidParameter, UnknownModel
 from .imageio import InputImage, from_pil, read_image, to_pil
 from .model import LoadedModel, default_model_dir, load_model
 
-__all__ = ["Codec", "parse_levels", "DEFAULT_MAX_PIXELS", "pad_image", "to_uint8"]
+__all__ = ["Codec", "parse_levels", "rdoq_lambdas", "DEFAULT_MAX_PIXELS", "pad_image", "to_uint8"]
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -50,6 +51,22 @@ def parse_levels(value: str | int | Iterable[int] | None, levels: int) -> list[i
     return sorted(set(numbers))
 
 
+def rdoq_lambdas(value: float | Sequence[float] | None, levels: int) -> tuple[float, ...]:
+    """λ of the rate-distortion optimised rounding per level: ``None`` gives ``DEFAULT_RDOQ_LAMBDA`` to every level
+    but the finest, which keeps plain rounding (the finest level stays the highest quality there is); one number
+    applies to every level; L numbers give one per level. Each must be in [0, 100]."""
+    if value is None:
+        return tuple(DEFAULT_RDOQ_LAMBDA if level < levels else 0.0 for level in range(1, levels + 1))
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    if len(values) == 1:
+        values = values * levels
+    if len(values) != levels:
+        raise InvalidParameter(f"RDO rounding needs one λ or {levels} (one per level), got {len(values)}")
+    if not all(isinstance(v, (int, float)) and 0.0 <= v <= 100.0 for v in values):
+        raise InvalidParameter(f"every RDO rounding λ must be between 0 and 100, got {values}")
+    return tuple(float(v) for v in values)
+
+
 def pad_image(rgb: np.ndarray, multiple: int) -> np.ndarray:
     """(H, W, 3) uint8 → (3, H', W') float32 in [0, 1], replicate-padded bottom/right to ``multiple``."""
     height, width = rgb.shape[:2]
@@ -69,6 +86,10 @@ class Codec:
 
     model: LoadedModel
     max_pixels: int = DEFAULT_MAX_PIXELS
+    rdoq_lambda: float | Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        self.rdoq_per_level = rdoq_lambdas(self.rdoq_lambda, self.model.levels)
 
     @classmethod
     def from_dir(
@@ -78,11 +99,12 @@ class Codec:
         threads: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         tile_size: int = 1024,
+        rdoq_lambda: float | Sequence[float] | None = None,
     ) -> "Codec":
         model = load_model(
             directory or default_model_dir(), providers=providers, intra_op_threads=threads, tile_size=tile_size
         )
-        return cls(model, max_pixels)
+        return cls(model, max_pixels, rdoq_lambda)
 
     @property
     def levels(self) -> int:
@@ -104,16 +126,17 @@ class Codec:
         return read_image(bytes(image), self.max_pixels)
 
     def symbols(self, image: InputImage, levels: Sequence[int]) -> dict[int, np.ndarray]:
-        """Integer latent symbols (C, h, w) of each requested level: ``round(y − median)``."""
+        """Integer latent symbols (C, h, w) of each requested level (:meth:`quantize`)."""
         latents = self.model.encode_latents(pad_image(image.rgb, self.model.padding_multiple)[None])
         return {level: self.quantize(level, latents[level - 1][0]) for level in levels}
 
     def quantize(self, level: int, latent: np.ndarray) -> np.ndarray:
-        """Encoder output (C, h, w) of ``level`` → int32 symbols ``round(y − median)``."""
+        """Encoder output (C, h, w) of ``level`` → int32 symbols: ``round(y − median)``, each moved one step
+        towards 0 where that saves enough bits for the error it adds (the level's RDO λ; 0: plain rounding)."""
         if not np.all(np.isfinite(latent)):
             raise CorruptStream(f"the encoder produced non-finite latents at level {level}")
         medians = self.model.tables[level - 1].medians[:, None, None]
-        return np.rint(latent - medians).astype(np.int32)
+        return self.model.coders[level - 1].rdo_symbols(latent - medians, self.rdoq_per_level[level - 1])
 
     def container_from_symbols(self, image: InputImage, symbols: dict[int, np.ndarray]) -> bytes:
         """Range-code the symbols and pack them with the image's size, mode and alpha plane."""

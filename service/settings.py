@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .codec import DEFAULT_MAX_PIXELS
+from .entropy_coder import DEFAULT_RDOQ_LAMBDA
 from .imageio import DEFAULT_PNG_LEVEL
 
 __all__ = ["Settings"]
@@ -35,12 +36,34 @@ class Settings(BaseSettings):
     tile_size: int = Field(
         1024, ge=64, description="images above (tile + 640)² pixels run as overlapping tiles of this core size"
     )
+    rdoq_lambda: Annotated[list[float] | None, NoDecode] = Field(
+        None,
+        description=f"rate-distortion optimised rounding when compressing: the squared latent error one bit is worth, "
+        f"one number for every level or a comma list with one per level (0: plain rounding); default "
+        f"{DEFAULT_RDOQ_LAMBDA} for every level but the finest, which keeps plain rounding",
+    )
     png_level: int = Field(
         DEFAULT_PNG_LEVEL, ge=0, le=9, description="zlib level of PNG responses (0 fastest and largest, 9 smallest)"
     )
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"
+
+    @field_validator("rdoq_lambda", mode="before")
+    @classmethod
+    def _split_rdoq(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()] or None
+        if isinstance(value, (int, float)):
+            return [value]
+        return value
+
+    @field_validator("rdoq_lambda")
+    @classmethod
+    def _check_rdoq(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not all(0.0 <= v <= 100.0 for v in value):
+            raise ValueError("every RDO rounding λ must be between 0 and 100")
+        return value
 
     @field_validator("providers", mode="before")
     @classmethod

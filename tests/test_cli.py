@@ -91,5 +91,13 @@ def test_exit_codes_and_messages(tmp_path):
     result = run("decompress", str(tmp_path / "k.sslc"), str(tmp_path / "k.png"), "--level", "3")
     assert result.returncode == EXIT_BAD_INPUT and "level_not_in_stream" in result.stderr
 
+    result = run("compress", str(KODAK_IMAGES[0]), str(tmp_path / "x.sslc"), "--rdoq", "-1")
+    assert result.returncode == 2 and "--rdoq" in result.stderr and "between 0 and 100" in result.stderr
+    result = run("compress", str(KODAK_IMAGES[0]), str(tmp_path / "x.sslc"), "--rdoq", "0.1,0.2")
+    assert result.returncode == EXIT_BAD_INPUT and "one per level" in result.stderr
+    result = run("compress", str(KODAK_IMAGES[0]), str(tmp_path / "plain.sslc"), "--level", "1", "--rdoq", "0")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "plain.sslc").stat().st_size > (tmp_path / "k.sslc").stat().st_size
+
     result = run("nonsense-command")
     assert result.returncode == 2

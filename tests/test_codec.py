@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from service.bitstream import pack, unpack
-from service.codec import Codec, parse_levels
+from service.codec import Codec, pad_image, parse_levels
 from service.errors import (
     ImageTooLarge,
     InvalidParameter,
@@ -238,3 +238,30 @@ def test_tiled_coding_equals_untiled(codec):
         np.testing.assert_array_equal(
             np.asarray(small_tiles.decompress(container, level)), np.asarray(codec.decompress(container, level))
         )
+
+
+def test_rdo_rounding_trades_a_little_quality_for_fewer_bytes_on_a_real_image(codec):
+    """Default RDO rounding against plain rounding (``rdoq_lambda`` 0) on a val crop, level 3."""
+    plain = Codec(codec.model, codec.max_pixels, rdoq_lambda=0.0)
+    image = _photo((384, 256))
+    original = np.asarray(image, dtype=np.float64)
+    loaded = plain.load_image(image)
+    latent = codec.model.encode_latents(pad_image(loaded.rgb, codec.model.padding_multiple)[None])
+    medians = codec.model.tables[2].medians[:, None, None]
+    np.testing.assert_array_equal(plain.symbols(loaded, [3])[3], np.rint(latent[2][0] - medians).astype(np.int32))
+    results = {}
+    for name, chosen in (("plain", plain), ("rdo", codec)):
+        container = chosen.compress(image, 3)
+        decoded = np.asarray(chosen.decompress(container), dtype=np.float64)
+        results[name] = (len(container), 10 * np.log10(255**2 / np.mean((decoded - original) ** 2)))
+    assert codec.rdoq_per_level == (0.1, 0.1, 0.1, 0.0)  # the finest level keeps plain rounding by default
+    assert results["rdo"][0] < 0.95 * results["plain"][0]
+    assert results["plain"][1] - 1.0 < results["rdo"][1] < results["plain"][1]
+
+
+def test_rdo_lambdas_per_level_and_their_errors(codec):
+    assert Codec(codec.model, rdoq_lambda=0.3).rdoq_per_level == (0.3,) * 4
+    assert Codec(codec.model, rdoq_lambda=[0, 0.1, 0.2, 0.4]).rdoq_per_level == (0.0, 0.1, 0.2, 0.4)
+    for bad in ([0.1, 0.2], [-1.0], [float("nan")], 101.0):
+        with pytest.raises(InvalidParameter):
+            Codec(codec.model, rdoq_lambda=bad)

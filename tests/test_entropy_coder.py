@@ -211,3 +211,35 @@ def test_window_sum_replicates_edges_like_numpy_pad(shape, window):
     height, width = shape[-2:]
     expected = sum(padded[..., i : i + height, j : j + width] for i in range(window) for j in range(window))
     np.testing.assert_array_equal(window_sum(values, window), expected)
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(with_context):
+    tables = _context_tables(5) if with_context else _laplace_tables(5)
+    coder = TableCoder(tables)
+    residuals = _busy_symbols(np.random.default_rng(7), 5, 40, 40) + np.random.default_rng(8).uniform(-0.5, 0.5, (5, 40, 40))
+    rounded = np.rint(residuals).astype(np.int32)
+    np.testing.assert_array_equal(coder.rdo_symbols(residuals, 0.0), rounded)
+    sizes, errors = [], []
+    for rdoq_lambda in (0.0, 0.05, 0.2, 1.0):
+        symbols = coder.rdo_symbols(residuals, rdoq_lambda)
+        moved = symbols != rounded
+        assert np.all(np.abs(symbols - rounded) <= 1) and np.all(rounded[moved] != 0)
+        np.testing.assert_array_equal(symbols[moved], rounded[moved] - np.sign(rounded[moved]))
+        np.testing.assert_array_equal(coder.decode(coder.encode(symbols), 40, 40), symbols)
+        sizes.append(len(coder.encode(symbols)))
+        errors.append(float(((residuals - symbols) ** 2).sum()))
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < 0.9 * sizes[0]
+    assert errors == sorted(errors)
+
+
+def test_rdo_rounding_follows_its_rule_on_a_single_symbol():
+    coder = TableCoder(_laplace_tables(1))  # channel 0: scale 0.5, so 0 costs far fewer bits than ±1
+    residual = np.full((1, 1, 1), 0.6)
+    saved = float((coder._symbol_bits(0, 0, np.array([1])) - coder._symbol_bits(0, 0, np.array([0])))[0])
+    added = 0.6**2 - 0.4**2
+    assert saved > 1
+    assert coder.rdo_symbols(residual, 0.99 * added / saved)[0, 0, 0] == 1
+    assert coder.rdo_symbols(residual, 1.01 * added / saved)[0, 0, 0] == 0
+    far = np.full((1, 1, 1), 70_000.3)  # an escape: its payload counts in the bits saved, still one step at most
+    assert coder.rdo_symbols(far, 100.0)[0, 0, 0] in (70_000, 69_999)

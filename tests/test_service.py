@@ -180,6 +180,7 @@ def test_operational_endpoints_and_metrics(client, codec):
     assert model["model_id"] == codec.model_id and len(model["levels"]) == 4
     assert model["limits"]["max_pixels"] == 50_000_000 and "CPUExecutionProvider" in model["providers"]
     assert model["entropy_coding"]["method"] == "channel-context" and model["entropy_coding"]["buckets"] == 16
+    assert [entry["rdoq_lambda"] for entry in model["levels"]] == [0.1, 0.1, 0.1, 0.0]
     assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
     container = client.post("/compress?level=2", content=_png()).content
     client.post("/decompress", content=container)
@@ -267,3 +268,23 @@ def test_fuzzed_requests_never_get_a_500(client):
         query = rng.choice(["", "?level=1", "?level=all", "?level=-1", "?format=webp", "?target_bpp=0.1"])
         response = client.post(endpoint + query, content=cut, headers={"Content-Type": "application/octet-stream"})
         assert response.status_code < 500 or response.json()["error"] in ("timeout", "queue_full"), response.text
+
+
+def test_rdoq_lambda_setting_reaches_the_encoder(codec, monkeypatch):
+    body = _png((192, 128))
+    sizes = {}
+    for rdoq_lambda in (0.0, 1.0):
+        with TestClient(create_app(_settings(rdoq_lambda=rdoq_lambda), codec=codec)) as tuned:
+            response = tuned.post("/compress?level=3", content=body)
+            assert response.status_code == 200
+            assert tuned.post("/decompress", content=response.content).status_code == 200
+            sizes[rdoq_lambda] = len(response.content)
+    assert sizes[1.0] < sizes[0.0]
+    monkeypatch.setenv("SSLIC_RDOQ_LAMBDA", "0.25")
+    assert Settings().rdoq_lambda == [0.25]
+    monkeypatch.setenv("SSLIC_RDOQ_LAMBDA", "0.1, 0.1, 0.2, 0")
+    assert Settings().rdoq_lambda == [0.1, 0.1, 0.2, 0.0]
+    with pytest.raises(ValueError, match="rdoq_lambda"):
+        _settings(rdoq_lambda=-1)
+    with pytest.raises(ValueError, match="rdoq_lambda"):
+        _settings(rdoq_lambda="0.1,x")

@@ -39,6 +39,7 @@ async def model_info(request: Request) -> dict:
             "level": level,
             "latent_channels": manifest["latent_channels"][level - 1],
             "stride": manifest["strides"][level - 1],
+            "rdoq_lambda": service.codec.rdoq_per_level[level - 1],
         }
         if val.get("bpp"):
             entry["val_bpp_estimate"] = round(val["bpp"][level - 1], 4)

@@ -27,6 +27,7 @@ from .data import ImageSet
 from .bd_rate import bd_psnr, bd_rate, psnr_at_bpp, psnr_gap_on_grid
 from .metrics import ms_ssim, psnr
 from service.codec import Codec
+from service.errors import InvalidParameter
 
 __all__ = ["main", "evaluate_pillow", "evaluate_runtime_codec", "summarize"]
 
@@ -107,14 +108,24 @@ def evaluate_pillow(
     return points
 
 
-def load_runtime_codec(model_dir: Path):
-    """The torch-free runtime codec of ``model_dir``; SystemExit with a clear message when it cannot be loaded."""
+def _model_line(model: dict) -> str:
+    coding = model.get("entropy_coding", {}).get("method", "factorized")
+    lambdas = " / ".join(f"{v:g}" for v in model.get("rdoq_lambda", []))
+    return f"{model['model_id']} (entropy coding: {coding}; RDO rounding λ per level: {lambdas or 'n/a'})"
+
+
+def load_runtime_codec(model_dir: Path, rdoq_lambda: list[float] | None = None):
+    """The torch-free runtime codec of ``model_dir`` (RDO rounding λ as ``Codec``: ``None`` is the service's
+    default); SystemExit with a clear message when it cannot be loaded."""
     manifest = model_dir / "manifest.json"
     if not manifest.is_file():
         raise SystemExit(
             f"{manifest} not found: export the model to {model_dir} first, or run with --baselines-only"
         )
-    return Codec.from_dir(str(model_dir), threads=2)
+    try:
+        return Codec.from_dir(str(model_dir), threads=2, rdoq_lambda=rdoq_lambda)
+    except InvalidParameter as error:
+        raise SystemExit(f"evaluate: {error.detail}") from error
 
 
 def evaluate_runtime_codec(codec, dataset: ImageSet, progress=print) -> tuple[list[dict], dict]:
@@ -284,7 +295,7 @@ def render_markdown(report: dict) -> str:
         f"- date: {report['date']}",
         f"- dataset: `{report['dataset']['dir']}`, {report['dataset']['images']} images, "
         f"sha256 `{report['dataset']['sha256']}`",
-        f"- model: {report['model']['model_id'] if report['model'] else 'not evaluated (--baselines-only)'}",
+        f"- model: {_model_line(report['model']) if report['model'] else 'not evaluated (--baselines-only)'}",
         "- rate: whole file / container bytes × 8 / pixels; PSNR on 8-bit RGB (MAX 255, all channels); MS-SSIM on RGB "
         "(5 scales, per channel, averaged); means over images of per-image values",
         "",
@@ -429,6 +440,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--webp-qualities", type=int, nargs="+", default=DEFAULT_WEBP_QUALITIES)
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
     parser.add_argument("--baselines-only", action="store_true", help="skip the sslic runtime codec")
+    parser.add_argument("--rdoq", type=lambda text: [float(v) for v in text.split(",")], default=None,
+                        metavar="LAMBDA", help="RDO rounding λ, one or one per level (default: the service's)")
     parser.add_argument("--torch-checkpoint", type=Path, default=None,
                         help="also evaluate this PyTorch checkpoint (estimated bpp) as a side check")
     return parser.parse_args(argv)
@@ -439,7 +452,7 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] = pr
     for quality in [*args.jpeg_qualities, *args.webp_qualities]:
         if not 0 <= quality <= 100:
             raise SystemExit(f"quality {quality} outside 0..100")
-    codec = None if args.baselines_only else load_runtime_codec(args.model_dir)
+    codec = None if args.baselines_only else load_runtime_codec(args.model_dir, args.rdoq)
     dataset = ImageSet.from_dir(args.data, args.limit)
     anchors = load_anchors(args.anchors) if args.anchors.is_file() else {}
     progress(f"{len(dataset.names)} images from {args.data}")
@@ -454,7 +467,9 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] = pr
     }
     if codec is not None:
         report["model"] = {"model_id": codec.model_id, "levels": codec.levels,
-                           "model_dir": display_path(args.model_dir)}
+                           "model_dir": display_path(args.model_dir),
+                           "entropy_coding": codec.model.manifest.get("entropy_coding", {"method": "factorized"}),
+                           "rdoq_lambda": list(codec.rdoq_per_level)}
         points, check = evaluate_runtime_codec(codec, dataset, progress)
         report["codecs"]["sslic"] = {"label": CODEC_LABELS["sslic"], "setting": "level", "points": points}
         report["extract_check"] = check

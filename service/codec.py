@@ -130,13 +130,16 @@ class Codec:
         latents = self.model.encode_latents(pad_image(image.rgb, self.model.padding_multiple)[None])
         return {level: self.quantize(level, latents[level - 1][0]) for level in levels}
 
-    def quantize(self, level: int, latent: np.ndarray) -> np.ndarray:
+    def quantize(self, level: int, latent: np.ndarray, rdoq_lambda: float | None = None) -> np.ndarray:
         """Encoder output (C, h, w) of ``level`` → int32 symbols: ``round(y − median)``, each moved one step
-        towards 0 where that saves enough bits for the error it adds (the level's RDO λ; 0: plain rounding)."""
+        towards 0 where that saves enough bits for the error it adds (``rdoq_lambda``, by default the level's
+        configured one; 0: plain rounding)."""
         if not np.all(np.isfinite(latent)):
             raise CorruptStream(f"the encoder produced non-finite latents at level {level}")
         medians = self.model.tables[level - 1].medians[:, None, None]
-        return self.model.coders[level - 1].rdo_symbols(latent - medians, self.rdoq_per_level[level - 1])
+        if rdoq_lambda is None:
+            rdoq_lambda = self.rdoq_per_level[level - 1]
+        return self.model.coders[level - 1].rdo_symbols(latent - medians, rdoq_lambda)
 
     def container_from_symbols(self, image: InputImage, symbols: dict[int, np.ndarray]) -> bytes:
         """Range-code the symbols and pack them with the image's size, mode and alpha plane."""

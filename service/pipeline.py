@@ -118,8 +118,11 @@ class CodecService:
         level: str | None = None,
         target_bpp: float | None = None,
         target_psnr: float | None = None,
+        rdoq: tuple[float, ...] | None = None,
     ) -> CompressResult:
+        """``rdoq``: the RDO rounding λ per level for this request (default: the service's)."""
         deadline = self._deadline()
+        per_level = rdoq if rdoq is not None else self.codec.rdoq_per_level
         if sum(x is not None for x in (level, target_bpp, target_psnr)) > 1:
             raise InvalidParameter("give at most one of level, target_bpp and target_psnr")
         if target_bpp is not None and not target_bpp > 0:
@@ -136,7 +139,7 @@ class CodecService:
         latents = await self._model(("encoder", padded.shape[1], padded.shape[2]), padded, deadline)
         with _Timer(self.metrics, "range_coding"):
             symbols = await run_in_threadpool(
-                lambda: {lv: self.codec.quantize(lv, latents[lv - 1]) for lv in levels}
+                lambda: {lv: self.codec.quantize(lv, latents[lv - 1], per_level[lv - 1]) for lv in levels}
             )
         if target_bpp is not None:
             result = await self._fit_bpp(image, symbols, target_bpp)

@@ -288,3 +288,17 @@ def test_rdoq_lambda_setting_reaches_the_encoder(codec, monkeypatch):
         _settings(rdoq_lambda=-1)
     with pytest.raises(ValueError, match="rdoq_lambda"):
         _settings(rdoq_lambda="0.1,x")
+
+
+def test_rdoq_per_request(client):
+    body = _png((192, 128))
+    sizes = {}
+    for rdoq in ("0", "1", "0,0,2,0"):
+        response = client.post(f"/compress?level=3&rdoq={rdoq}", content=body)
+        assert response.status_code == 200
+        assert client.post("/decompress", content=response.content).status_code == 200
+        sizes[rdoq] = len(response.content)
+    assert sizes["1"] < sizes["0"] and sizes["0,0,2,0"] < sizes["0"]
+    for bad in ("x", "-1", "nan", "0.1,0.2", "1e9"):
+        response = client.post(f"/compress?level=3&rdoq={bad}", content=body)
+        assert response.status_code == 400 and response.json()["error"] == "invalid_parameter", bad

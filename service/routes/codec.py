@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from ..codec import rdoq_lambdas
 from ..errors import InvalidParameter, UnsupportedImageType
 from ..pipeline import CodecService
 from .body import read_upload
@@ -31,6 +32,16 @@ def _level(value: str | None, levels: int) -> int | None:
     return number
 
 
+def _rdoq(value: str | None, levels: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [float(part) for part in value.split(",")]
+    except ValueError as error:
+        raise InvalidParameter(f"rdoq must be a number or a comma list of numbers, got {value!r}") from error
+    return rdoq_lambdas(numbers, levels)
+
+
 @router.post(
     "/compress",
     response_class=Response,
@@ -43,13 +54,16 @@ async def compress(
     level: Annotated[str | None, Query(description="1..L, a comma list such as 1,3, or all; default: finest")] = None,
     target_bpp: Annotated[float | None, Query(description="finest level whose container fits this many bpp")] = None,
     target_psnr: Annotated[float | None, Query(description="coarsest level reaching this PSNR (dB) on this image")] = None,
+    rdoq: Annotated[str | None, Query(
+        description="RDO rounding λ: one number for every level or a comma list, one per level; 0 is plain rounding; "
+                    "default: the service's (SSLIC_RDOQ_LAMBDA)")] = None,
 ) -> Response:
     upload = await read_upload(request)
     if not (upload.content_type.startswith("image/") or upload.content_type in ("application/octet-stream", "")):
         raise UnsupportedImageType(
             f"Content-Type {upload.content_type!r}: send image/*, application/octet-stream or multipart field 'file'"
         )
-    result = await service.compress(upload.data, level, target_bpp, target_psnr)
+    result = await service.compress(upload.data, level, target_bpp, target_psnr, _rdoq(rdoq, service.codec.levels))
     headers = {
         "X-SSLIC-Levels": ",".join(str(lv) for lv in result.levels),
         "X-SSLIC-Bytes": str(len(result.data)),

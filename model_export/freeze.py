@@ -138,11 +138,10 @@ def symbol_counts(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
     """How often each table index occurs in ``symbols`` (C, …), symbols outside a channel's table counted on its
     escape index: int64 (C, max(lengths))."""
     counts = np.zeros((tables.channels, int(tables.lengths.max())), dtype=np.int64)
+    index = _table_indices(tables, symbols.reshape(tables.channels, -1))
     for c in range(tables.channels):
         n = int(tables.lengths[c])
-        index = symbols[c].ravel().astype(np.int64) - int(tables.offsets[c])
-        index = np.where((index < 0) | (index >= n - 1), n - 1, index)
-        counts[c, :n] += np.bincount(index, minlength=n)
+        counts[c, :n] += np.bincount(index[c], minlength=n)
     return counts
 
 
@@ -180,9 +179,10 @@ def count_bits(tables: FrozenTables, counts: np.ndarray) -> float:
 
 
 def _table_indices(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
-    """Table index of every symbol (C, H, W), escapes on the last index."""
-    lengths = tables.lengths.astype(np.int64)[:, None, None]
-    index = symbols.astype(np.int64) - tables.offsets.astype(np.int64)[:, None, None]
+    """Table index of every symbol (C, …), escapes on the last index."""
+    shape = (tables.channels,) + (1,) * (symbols.ndim - 1)
+    lengths = tables.lengths.astype(np.int64).reshape(shape)
+    index = symbols.astype(np.int64) - tables.offsets.astype(np.int64).reshape(shape)
     return np.where((index < 0) | (index >= lengths - 1), lengths - 1, index)
 
 
@@ -215,8 +215,8 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
     for s, a in zip(symbols, activities):
         index = _table_indices(tables, s)
         for c in range(channels):
-            bucket = bucket_of(a[c], edges[c]).ravel()
-            np.add.at(counts[c], (bucket, index[c].ravel()), 1.0)
+            cell = bucket_of(a[c], edges[c]).ravel().astype(np.int64) * width + index[c].ravel()
+            counts[c] += np.bincount(cell, minlength=buckets * width).reshape(buckets, width)
     total = 1 << tables.precision
     context_cdf = np.full((channels, buckets, tables.cdf.shape[1]), total, dtype=np.int32)
     for c in range(channels):

@@ -90,6 +90,15 @@ def _context_arrays(archive, level: int) -> dict:
     return {"context": context, "context_cdf": archive[f"level{level}_context_cdf"].astype(np.int64)}
 
 
+def _bad_rows(rows: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
+    """Indices of the CDF rows (N, W) that do not rise strictly from 0 to ``total`` over their first length + 1
+    entries (lengths already checked to fit)."""
+    positions = np.arange(rows.shape[1])[None, :]
+    steps = np.diff(np.where(positions <= lengths[:, None], rows, total + positions), axis=1)
+    ends = rows[np.arange(rows.shape[0]), lengths]
+    return np.flatnonzero((rows[:, 0] != 0) | (ends != total) | np.any(steps <= 0, axis=1))
+
+
 def _check_table(table: LevelTables, channels: int, level: int) -> None:
     total = 1 << table.precision
     if table.channels != channels or table.cdf.shape[0] != channels:
@@ -98,9 +107,9 @@ def _check_table(table: LevelTables, channels: int, level: int) -> None:
         n = int(table.lengths[c])
         if n < 2 or n + 1 > table.cdf.shape[1]:
             raise ModelLoadError(f"level {level} channel {c}: bad table length {n}")
-        row = table.cdf[c, : n + 1]
-        if row[0] != 0 or row[-1] != total or np.any(np.diff(row) <= 0):
-            raise ModelLoadError(f"level {level} channel {c}: the CDF is not strictly increasing from 0 to {total}")
+    bad = _bad_rows(table.cdf, table.lengths, total)
+    if bad.size:
+        raise ModelLoadError(f"level {level} channel {bad[0]}: the CDF is not strictly increasing from 0 to {total}")
     if table.context is not None:
         _check_context(table, level)
 
@@ -117,14 +126,14 @@ def _check_context(table: LevelTables, level: int) -> None:
         raise ModelLoadError(f"level {level}: context weights out of range or thresholds not sorted")
     if not 1 <= context.clip <= 1 << 16 or context.window not in (1, 3, 5, 7):
         raise ModelLoadError(f"level {level}: context clip {context.clip} or window {context.window} out of range")
-    positions = np.arange(cdf.shape[2])[None, :]
-    lengths = table.lengths[:, None]
     for b in range(buckets):
-        rows = cdf[:, b, :]
-        inside = positions <= lengths
-        steps = np.diff(np.where(inside, rows, total + positions), axis=1)
-        if np.any(rows[:, 0] != 0) or np.any(rows[np.arange(table.channels), table.lengths] != total) or np.any(steps <= 0):
+        if _bad_rows(cdf[:, b, :], table.lengths, total).size:
             raise ModelLoadError(f"level {level} bucket {b}: a context CDF is not strictly increasing from 0 to {total}")
+
+
+def _escape_value(index: np.ndarray, escape: int) -> np.ndarray:
+    """The non-negative integer an escaped table index stands for: −2v − 1 below the table, 2(v − escape) above."""
+    return np.where(index < 0, -2 * index - 1, 2 * (index - escape))
 
 
 class TableCoder:
@@ -148,18 +157,23 @@ class TableCoder:
         self._chunk_model = constriction.stream.model.Uniform(1 << _CHUNK_BITS)
         self._bits: list[np.ndarray] | None = None
 
+    def _table_index(self, channel: int, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Table index of each symbol of ``channel`` (outside 0 … length − 2 when escaped) and the escaped mask."""
+        n = int(self.tables.lengths[channel])
+        index = symbols.astype(np.int64) - int(self.tables.offsets[channel])
+        return index, (index < 0) | (index >= n - 1)
+
     def _symbol_bits(self, channel: int, buckets: np.ndarray | int, symbols: np.ndarray) -> np.ndarray:
         """Bits that coding ``symbols`` of ``channel`` in ``buckets`` costs (escapes with their payload)."""
         if self._bits is None:
             total = float(1 << self.tables.precision)
             cdf = self.tables.cdf[:, None, :] if self.tables.context is None else self.tables.context_cdf
             self._bits = [-np.log2(np.diff(cdf[c, :, : int(n) + 1], axis=1) / total) for c, n in enumerate(self.tables.lengths)]
-        n = int(self.tables.lengths[channel])
-        index = symbols.astype(np.int64) - int(self.tables.offsets[channel])
-        escaped = (index < 0) | (index >= n - 1)
-        bits = self._bits[channel][buckets, np.where(escaped, n - 1, index)]
+        escape = int(self.tables.lengths[channel]) - 1
+        index, escaped = self._table_index(channel, symbols)
+        bits = self._bits[channel][buckets, np.where(escaped, escape, index)]
         if escaped.any():
-            raw = np.where(escaped, np.where(index < 0, -2 * index - 1, 2 * (index - (n - 1))), 0)
+            raw = np.where(escaped, _escape_value(index, escape), 0)
             chunks = np.ceil(np.log2(raw.astype(np.float64) + 1.0) / _CHUNK_BITS)
             bits = bits + np.where(escaped, np.log2(_LENGTH_BITS) + _CHUNK_BITS * chunks, 0.0)
         return bits
@@ -181,16 +195,14 @@ class TableCoder:
             closer = symbols - np.sign(symbols)
             buckets = state.buckets(c) if state is not None else 0
             added_error = (residuals[c] - closer) ** 2 - (residuals[c] - symbols) ** 2
-            saved_bits = self._symbol_bits(c, buckets, symbols) - self._symbol_bits(c, buckets, closer)
-            out[c] = np.where((symbols != 0) & (added_error < rdoq_lambda * saved_bits), closer, symbols)
+            rounded_bits, closer_bits = self._symbol_bits(c, buckets, np.stack([symbols, closer]))
+            out[c] = np.where((symbols != 0) & (added_error < rdoq_lambda * (rounded_bits - closer_bits)), closer, symbols)
             if state is not None:
                 state.add(c, out[c])
         return out.astype(np.int32)
 
-    def _channel_order(self, buckets: np.ndarray | None) -> tuple[np.ndarray | None, list[int]]:
+    def _channel_order(self, buckets: np.ndarray) -> tuple[np.ndarray, list[int]]:
         """Positions of a channel in coding order (bucket by bucket, raster order inside) and the bucket sizes."""
-        if buckets is None:
-            return None, []
         flat = buckets.reshape(-1)
         return np.argsort(flat, kind="stable"), np.bincount(flat, minlength=self.tables.context.buckets).tolist()
 
@@ -208,8 +220,7 @@ class TableCoder:
         encoder = constriction.stream.queue.RangeEncoder()
         for c in range(self.tables.channels):
             n = int(self.tables.lengths[c])
-            index = symbols[c].reshape(-1).astype(np.int64) - int(self.tables.offsets[c])
-            escaped = (index < 0) | (index >= n - 1)
+            index, escaped = self._table_index(c, symbols[c].reshape(-1))
             coded = np.where(escaped, n - 1, index).astype(np.int32)
             if state is None:
                 encoder.encode(coded, self._models[c][0])
@@ -229,7 +240,7 @@ class TableCoder:
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def _encode_escapes(self, encoder, values: np.ndarray, escape: int) -> None:
-        raw = np.where(values < 0, -2 * values - 1, 2 * (values - escape))
+        raw = _escape_value(values, escape)
         bits = np.zeros(raw.shape, dtype=np.int64)
         remaining = raw.copy()
         while np.any(remaining):

@@ -76,11 +76,12 @@ def psnr_at_bpp(bpps, psnrs, target: float) -> float | None:
     if target <= 0 or np.any(rates <= 0):
         raise ValueError("rates must be positive")
     order = np.argsort(rates)
-    log_rates, quality = np.log(rates[order]), quality[order]
-    log_target = math.log(target)
-    if not log_rates[0] <= log_target <= log_rates[-1]:
+    rates, quality = rates[order], quality[order]
+    # the range is checked on the rates themselves: math.log and numpy's log differ in the last bit for some
+    # values, which put a curve's own end point outside its range
+    if not rates[0] <= target <= rates[-1]:
         return None
-    return float(np.interp(log_target, log_rates, quality))
+    return float(np.interp(np.log(target), np.log(rates), quality))
 
 
 def psnr_gap_on_grid(

@@ -210,6 +210,17 @@ def test_psnr_gap_on_grid():
     assert psnr_gap_on_grid([2.0, 3.0], [30, 31], rates, quality, 0.25, 1.0) is None
 
 
+
+@pytest.mark.parametrize("end", [0.1938728458462594, 1.0136075481816968])
+def test_a_curves_own_end_points_are_inside_its_range(end):
+    """math.log(end) is one ulp above numpy's log(end) for these rates: the range check must not use logs."""
+    assert math.log(end) > np.log(np.array([end]))[0]
+    rates, quality = [0.05, 0.08, 0.12, end], [24.0, 25.0, 26.0, 30.0]
+    assert psnr_at_bpp(rates, quality, end) == pytest.approx(30.0)
+    gap = psnr_gap_on_grid(rates, quality, [0.05, 0.5, 1.5, 2.0], [20.0, 25.0, 30.0, 31.0], 0.1, 2.0)
+    assert gap is not None and gap["high_bpp"] == end
+
+
 # ---------------------------------------------------------------- evaluation pipeline
 
 

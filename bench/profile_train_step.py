@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from model_export.config import load_config
@@ -37,6 +38,13 @@ def _top(averages, key: str, steps: int) -> list[dict]:
     return [{"name": a.key, "calls_per_step": a.count / steps,
              "self_cpu_ms_per_step": a.self_cpu_time_total / 1000 / steps,
              "self_device_ms_per_step": a.self_device_time_total / 1000 / steps} for a in rows]
+
+
+def kernel_time_ms(averages) -> float:
+    """Milliseconds the device spent in kernels and copies: only the device's own events count, since an
+    operator's self device time repeats the time of the kernels it launched (as the profiler's table sums it)."""
+    return sum(a.self_device_time_total for a in averages
+               if a.device_type != DeviceType.CPU and not getattr(a, "is_user_annotation", False)) / 1000
 
 
 def profile_steps(trainer: Trainer, warmup: int, steps: int) -> dict:
@@ -72,13 +80,14 @@ def profile_steps(trainer: Trainer, warmup: int, steps: int) -> dict:
         trainer.prefetcher.close()
         trainer.prefetcher = None
     averages = profiler.key_averages()
-    device_total_ms = sum(a.self_device_time_total for a in averages) / 1000
+    device_total_ms = kernel_time_ms(averages)
     wall_ms = sum(seconds) * 1000
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return {
         "steps_s": seconds,
         "median_s_per_step": statistics.median(seconds),
         "batch_wait_ms_per_step": 1000 * sum(waits) / steps,
+        "device_ms_per_step": device_total_ms / steps if device.type == "cuda" else None,
         "device_busy_fraction": device_total_ms / wall_ms if device.type == "cuda" else None,
         "top_by_device_time": _top(averages, "self_device_time_total", steps) if device.type == "cuda" else [],
         "top_by_cpu_time": _top(averages, "self_cpu_time_total", steps),

@@ -1,8 +1,10 @@
 import json
+from types import SimpleNamespace
 
 import pytest
+from torch.autograd import DeviceType
 
-from bench.profile_train_step import main
+from bench.profile_train_step import kernel_time_ms, main
 
 
 def test_profile_of_training_steps_reports_times_waits_and_the_costliest_operators(tmp_path, tiny_config_file):
@@ -21,3 +23,14 @@ def test_profile_of_training_steps_reports_times_waits_and_the_costliest_operato
 def test_profile_refuses_zero_steps(tiny_config_file):
     with pytest.raises(SystemExit, match="--steps"):
         main(["--config", str(tiny_config_file), "--device", "cpu", "--steps", "0"])
+
+
+def test_device_time_counts_each_kernel_once():
+    """An operator's self device time repeats its kernels' time; only the device's events are summed."""
+    averages = [
+        SimpleNamespace(device_type=DeviceType.CPU, self_device_time_total=7000, is_user_annotation=False),
+        SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=4000, is_user_annotation=False),
+        SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=3000, is_user_annotation=False),
+        SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=9000, is_user_annotation=True),
+    ]
+    assert kernel_time_ms(averages) == 7.0

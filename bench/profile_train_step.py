@@ -6,7 +6,8 @@ how busy the accelerator was, and the operators and kernels that take the most h
         [--warmup 20] [--steps 20] [--out DIR]
 
 Builds the real trainer of the config (no validation, nothing saved), runs ``--warmup`` untimed updates
-(cuDNN autotuning, allocator warm-up), then ``--steps`` updates under ``torch.profiler``. Writes
+(cuDNN autotuning, allocator warm-up), ``--steps`` timed updates, then ``--steps`` updates under ``torch.profiler``
+(which slows them). Writes
 ``DIR/profile.json`` (settings, seconds per step, batch waits, device-busy fraction, top operators) and
 ``DIR/profile.txt`` (the profiler's tables). Made to fit in one short call on a borrowed GPU
 (docs/training.md), before spending the rest of the lease on training.
@@ -48,7 +49,8 @@ def kernel_time_ms(averages) -> float:
 
 
 def profile_steps(trainer: Trainer, warmup: int, steps: int) -> dict:
-    """Run ``warmup`` then ``steps`` updates of ``trainer``; the last ones under the profiler."""
+    """Run ``warmup`` updates, ``steps`` timed ones, then ``steps`` more under the profiler; the device is busy for
+    the profiled steps' kernel time out of the timed steps' wall time."""
     device = trainer.device
     waits: list[float] = []
     fetch = trainer.next_batch
@@ -65,6 +67,13 @@ def profile_steps(trainer: Trainer, warmup: int, steps: int) -> dict:
         trainer.train_step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    plain = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.train_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        plain.append(time.perf_counter() - start)
     waits.clear()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     seconds = []
@@ -81,11 +90,12 @@ def profile_steps(trainer: Trainer, warmup: int, steps: int) -> dict:
         trainer.prefetcher = None
     averages = profiler.key_averages()
     device_total_ms = kernel_time_ms(averages)
-    wall_ms = sum(seconds) * 1000
+    wall_ms = sum(plain) * 1000  # the kernels take as long under the profiler; the host's gaps do not
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return {
         "steps_s": seconds,
         "median_s_per_step": statistics.median(seconds),
+        "median_s_per_step_unprofiled": statistics.median(plain),
         "batch_wait_ms_per_step": 1000 * sum(waits) / steps,
         "device_ms_per_step": device_total_ms / steps if device.type == "cuda" else None,
         "device_busy_fraction": device_total_ms / wall_ms if device.type == "cuda" else None,
@@ -107,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--init-from", default=None, help="codec checkpoint to start from (default: fresh weights)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--channels-last", action="store_true", help="set train.channels_last (weights and batches)")
     parser.add_argument("--out", default="profile")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
         config.train.data_dir = args.data_dir
     if args.batch_size:
         config.train.batch_size = args.batch_size
+    if args.channels_last:
+        config.train.channels_last = True
     set_threads(config.train.threads)
     device = select_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": config.train.batch_size,
         "crop": config.train.crop,
         "precision": config.train.precision,
+        "channels_last": config.train.channels_last,
         "loader_threads": args.loader_threads,
         "warmup": args.warmup,
         "steps": args.steps,
@@ -143,8 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "profile.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "profile.txt").write_text(table + "\n")
     busy = report["device_busy_fraction"]
-    print(f"{report['device']}: {1000 * report['median_s_per_step']:.1f} ms per step of {config.train.batch_size} x "
-          f"{config.train.crop}², batch wait {report['batch_wait_ms_per_step']:.1f} ms"
+    print(f"{report['device']}: {1000 * report['median_s_per_step_unprofiled']:.1f} ms per step of "
+          f"{config.train.batch_size} x {config.train.crop}² ({1000 * report['median_s_per_step']:.1f} ms profiled)"
+          f"{', channels last' if config.train.channels_last else ''}, batch wait {report['batch_wait_ms_per_step']:.1f} ms"
           + (f", device busy {100 * busy:.0f} %" if busy is not None else ""))
     return report
 

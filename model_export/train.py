@@ -69,6 +69,10 @@ class Trainer:
         torch.manual_seed(train.seed)
         self.model = SSLIC(config.model).to(device)
         self.perceptual = self._perceptual().to(device) if any(config.loss.beta) else None
+        if train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            if self.perceptual is not None:
+                self.perceptual.to(memory_format=torch.channels_last)
         self.criterion = RateDistortionLoss(config.loss, self.perceptual)
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         aux_params = [p for n, p in trainable if n.endswith("quantiles")]
@@ -252,11 +256,13 @@ class Trainer:
     def next_batch(self) -> torch.Tensor:
         size = self.config.train.batch_size
         if self.loader_threads <= 0:
-            return self.sampler.batch(size).to(self.device)
-        if self.prefetcher is None:
-            self.prefetcher = BatchPrefetcher(self.sampler, size, self.loader_threads,
-                                              pin=self.device.type == "cuda")
-        return crops_to_float(self.prefetcher.next().to(self.device, non_blocking=True))
+            batch = self.sampler.batch(size).to(self.device)
+        else:
+            if self.prefetcher is None:
+                self.prefetcher = BatchPrefetcher(self.sampler, size, self.loader_threads,
+                                                  pin=self.device.type == "cuda")
+            batch = crops_to_float(self.prefetcher.next().to(self.device, non_blocking=True))
+        return batch.contiguous(memory_format=torch.channels_last) if self.config.train.channels_last else batch
 
     def train_step(self, reference_loss: float | None = None) -> tuple[float, list, bool]:
         """One update from ``train.accumulate`` batches of ``train.batch_size`` crops (their gradients are

@@ -13,11 +13,18 @@ def test_profile_of_training_steps_reports_times_waits_and_the_costliest_operato
                    "--batch-size", "3", "--warmup", "1", "--steps", "2", "--out", str(out)])
     assert json.loads((out / "profile.json").read_text()) == report
     assert report["batch_size"] == 3 and len(report["steps_s"]) == 2 and report["median_s_per_step"] > 0
+    assert report["median_s_per_step_unprofiled"] > 0 and report["channels_last"] is False
     assert report["batch_wait_ms_per_step"] >= 0 and report["device_busy_fraction"] is None
     names = [row["name"] for row in report["top_by_cpu_time"]]
     assert any("conv" in name for name in names)
     assert all(row["calls_per_step"] > 0 for row in report["top_by_cpu_time"])
     assert "Self CPU" in (out / "profile.txt").read_text()
+
+
+def test_profile_takes_the_channels_last_layout(tmp_path, tiny_config_file):
+    report = main(["--config", str(tiny_config_file), "--device", "cpu", "--channels-last", "--batch-size", "2",
+                   "--warmup", "0", "--steps", "1", "--out", str(tmp_path)])
+    assert report["channels_last"] is True and report["device_ms_per_step"] is None
 
 
 def test_profile_refuses_zero_steps(tiny_config_file):

@@ -280,6 +280,34 @@ def test_an_accumulated_update_equals_one_update_of_the_whole_batch(tmp_path, sm
     with pytest.raises(ConfigError, match="accumulate"):
         ExperimentConfig.from_dict(config)
 
+def test_a_channels_last_step_matches_the_default_layout(tmp_path, small_image_dir):
+    def trainer(channels_last):
+        config = _config(small_image_dir)
+        config.train.channels_last = channels_last
+        config.train.grad_clip = 0.0
+        return Trainer(config, tmp_path / str(channels_last), torch.device("cpu"), quiet=True)
+
+    plain, last = trainer(False), trainer(True)
+    assert last.next_batch().is_contiguous(memory_format=torch.channels_last)
+    last.model.load_state_dict(plain.model.state_dict())
+    convolutions = [m.weight for m in last.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    x = plain.sampler.batch(2)
+    plain.next_batch = lambda: x
+    last.next_batch = lambda: x.contiguous(memory_format=torch.channels_last)
+    plain.model.eval(), last.model.eval()  # rounding instead of noise, so both see the same latents
+    plain_loss, _, applied = plain.train_step()
+    last_loss, _, last_applied = last.train_step()
+    assert applied and last_applied
+    assert last_loss == pytest.approx(plain_loss, rel=1e-5)
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), last.model.named_parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+    restored = trainer(False)
+    restored.model.load_state_dict(last.model.state_dict())
+    for a, b in zip(restored.model.state_dict().values(), last.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_unknown_precision_is_rejected(small_image_dir):
     from model_export.config import ConfigError
 

@@ -83,7 +83,8 @@ class Trainer:
         groups = [{"params": main_params, "lr_scale": 1.0}]
         if backbone_params:
             groups.append({"params": backbone_params, "lr_scale": train.backbone_lr_scale})
-        self.optimizer = torch.optim.Adam(groups, lr=train.lr)
+        # on a GPU one fused kernel updates all parameters instead of a few per parameter group and tensor list
+        self.optimizer = torch.optim.Adam(groups, lr=train.lr, fused=device.type == "cuda" or None)
         self._group_settings = [{"lr": train.lr, "lr_scale": g["lr_scale"]} for g in groups]
         self.aux_optimizer = torch.optim.Adam(aux_params, lr=train.aux_lr)
         self.train_set = ImageSet.from_dir(train.data_dir)
@@ -279,12 +280,16 @@ class Trainer:
                                 enabled=self.config.train.precision == "bf16"):
                 output = self.model(x, decoder_input=self.config.train.decoder_input)
                 loss, terms = self.criterion(x, output)
+            # the backward pass is queued before the loss is read: on a GPU the read then waits while the
+            # backward kernels run instead of idling the device until the next launches; a skipped batch only
+            # wastes its gradients
+            (loss / parts).backward()
             value = float(loss.detach())
             if not math.isfinite(value) or (spike and reference_loss and value > spike * reference_loss):
+                self.optimizer.zero_grad(set_to_none=True)
                 self.skipped += 1
                 self.log(f"step {self.step + 1}: skipped update, loss {value:.4g} (running {reference_loss})")
                 return value, terms, False
-            (loss / parts).backward()
             values.append(value)
             part_terms.append(terms)
         if self.config.train.grad_clip > 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ LAYOUTS = {"contiguous": [], "channels_last": ["--channels-last"]}
 def _run(module: str, arguments: list[str]) -> None:
     command = [sys.executable, "-m", module, *arguments]
     print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def time_layouts(args: argparse.Namespace, scratch: Path) -> dict:

@@ -34,17 +34,20 @@ def _run(module: str, arguments: list[str]) -> None:
     subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def _data_and_weights(args: argparse.Namespace) -> list[str]:
+    """The options the timings and the training share: which images, and which weights to start from."""
+    return [*(["--data-dir", args.data_dir] if args.data_dir else []),
+            *(["--init-from", args.init_from] if args.init_from else [])]
+
+
 def time_layouts(args: argparse.Namespace, scratch: Path) -> dict:
     """Median unprofiled step of each layout, from ``bench.profile_train_step``; the faster one is chosen."""
     timings = {}
     for layout, flag in LAYOUTS.items():
         out = scratch / f"profile-{layout}"
         options = ["--config", args.config, "--device", args.device, "--loader-threads", str(args.loader_threads),
-                   "--warmup", str(args.warmup), "--steps", str(args.steps), "--out", str(out), *flag]
-        if args.data_dir:
-            options += ["--data-dir", args.data_dir]
-        if args.init_from:
-            options += ["--init-from", args.init_from]
+                   "--warmup", str(args.warmup), "--steps", str(args.steps), "--out", str(out), *flag,
+                   *_data_and_weights(args)]
         _run("bench.profile_train_step", options)
         report = json.loads((out / "profile.json").read_text())
         timings[layout] = {"median_s_per_step": report["median_s_per_step_unprofiled"],
@@ -81,11 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     lease_config.write_text(yaml.safe_dump(config, sort_keys=False))
     options = ["--config", str(lease_config), "--run-dir", str(args.run_dir), "--no-val", "--device", args.device,
                "--loader-threads", str(args.loader_threads), "--time-budget", str(args.time_budget),
-               "--snapshots", args.snapshots, "--snapshot-dir", str(args.out), "--quiet"]
-    if args.data_dir:
-        options += ["--data-dir", args.data_dir]
-    if args.init_from:
-        options += ["--init-from", args.init_from]
+               "--snapshots", args.snapshots, "--snapshot-dir", str(args.out), "--quiet", *_data_and_weights(args)]
     try:
         _run("model_export.train", options)
     finally:

@@ -61,29 +61,25 @@ def profile_steps(trainer: Trainer, warmup: int, steps: int) -> dict:
         waits.append(time.perf_counter() - start)
         return batch
 
-    trainer.next_batch = timed_fetch  # type: ignore[method-assign]
-    trainer.model.train()
-    for _ in range(warmup):
-        trainer.train_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    plain = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        trainer.train_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        plain.append(time.perf_counter() - start)
-    waits.clear()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    seconds = []
-    with profile(activities=activities) as profiler:
-        for _ in range(steps):
+    def timed_steps(count: int) -> list[float]:
+        """Seconds of each of ``count`` updates, the device's work included."""
+        seconds = []
+        for _ in range(count):
             start = time.perf_counter()
             trainer.train_step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - start)
+        return seconds
+
+    trainer.next_batch = timed_fetch  # type: ignore[method-assign]
+    trainer.model.train()
+    timed_steps(warmup)
+    plain = timed_steps(steps)
+    waits.clear()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        seconds = timed_steps(steps)
     trainer.next_batch = fetch  # type: ignore[method-assign]
     if trainer.prefetcher is not None:
         trainer.prefetcher.close()

@@ -17,7 +17,8 @@ probability. The support, offsets and escape stay as frozen; only the frequencie
 
 ``fit_context_tables`` then gives every channel B tables, one per bucket of the channel context
 (``service.channel_context``: how busy the channels coded before it are around each symbol), fitted to the
-same training symbols and smoothed towards the channel's own table.
+same training symbols and smoothed towards the channel's own table; with ``spatial_buckets`` S, B · S more for
+the second pass of a checkerboard, chosen also by the symbol's four anchor neighbours in its own channel.
 
 The tables are written with ``numpy.savez`` (no pickled objects); ``docs/artifacts.md`` describes them.
 """
@@ -31,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.channel_context import DEFAULT_CLIP, DEFAULT_WINDOW, ChannelContext, bucket_of
+from service.channel_context import DEFAULT_CLIP, DEFAULT_WINDOW, ChannelContext, anchor_mask, neighbour_sum
 
 from .entropy import EntropyBottleneck
 
 __all__ = [
     "FrozenTables", "freeze_bottleneck", "quantize_pmf", "save_tables", "symbol_counts", "fit_tables", "count_bits",
     "fit_context_tables", "context_bits", "DEFAULT_PRECISION", "DEFAULT_PRIOR_WEIGHT", "DEFAULT_CONTEXT_BUCKETS",
-    "DEFAULT_CONTEXT_PSEUDO_COUNTS",
+    "DEFAULT_CONTEXT_PSEUDO_COUNTS", "DEFAULT_SPATIAL_BUCKETS",
 ]
 
 DEFAULT_PRECISION = 16
@@ -47,6 +48,8 @@ DEFAULT_PRIOR_WEIGHT = 0.01
 # channel context: tables per channel, and how many symbols' worth of the channel's own table each one keeps
 DEFAULT_CONTEXT_BUCKETS = 16
 DEFAULT_CONTEXT_PSEUDO_COUNTS = 50.0
+# checkerboard: buckets of the anchor-neighbour sum in the second pass (8 chosen on val, docs/architecture.md)
+DEFAULT_SPATIAL_BUCKETS = 8
 # the context weight of channel c is about _WEIGHT_SCALE / mean |symbol of c|
 _WEIGHT_SCALE = 4096
 
@@ -61,7 +64,7 @@ class FrozenTables:
     medians: np.ndarray  # float32 (C,)
     precision: int
     context: ChannelContext | None = None
-    context_cdf: np.ndarray | None = None  # int32 (C, B, max(lengths) + 1), padded like ``cdf``
+    context_cdf: np.ndarray | None = None  # int32 (C, context.tables, max(lengths) + 1), padded like ``cdf``
 
     @property
     def channels(self) -> int:
@@ -188,14 +191,18 @@ def _table_indices(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
 
 def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets: int = DEFAULT_CONTEXT_BUCKETS,
                        pseudo_counts: float = DEFAULT_CONTEXT_PSEUDO_COUNTS, clip: int = DEFAULT_CLIP,
-                       window: int = DEFAULT_WINDOW) -> FrozenTables:
+                       window: int = DEFAULT_WINDOW, spatial_buckets: int = 0) -> FrozenTables:
     """``tables`` with a channel context fitted to ``symbols`` (a list of (C, H, W) integer arrays).
 
     The weights make every channel count alike (``4096 / (mean |s_c| + 0.05)``); channel c's B − 1 thresholds
-    are quantiles of its activity over the symbols, so its buckets hold about equal shares of them; bucket b's
-    probabilities are its symbol frequencies with ``pseudo_counts`` symbols' worth of the channel's table."""
+    are quantiles of its activity over the symbols, so its buckets hold about equal shares of them. With
+    ``spatial_buckets`` S > 0 the checkerboard's second pass gets S − 1 thresholds per channel, quantiles of the
+    anchor-neighbour sums of its positions. Each table's probabilities are the frequencies of the symbols it
+    codes with ``pseudo_counts`` symbols' worth of the channel's table."""
     if not 2 <= buckets <= 256:
         raise ValueError(f"buckets must be 2..256, got {buckets}")
+    if spatial_buckets and not 2 <= spatial_buckets <= 256:
+        raise ValueError(f"spatial_buckets must be 0 or 2..256, got {spatial_buckets}")
     if pseudo_counts <= 0:
         raise ValueError(f"pseudo_counts must be positive, got {pseudo_counts}")
     if not symbols or any(s.ndim != 3 or s.shape[0] != tables.channels for s in symbols):
@@ -205,28 +212,40 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
     weights = np.maximum(np.round(_WEIGHT_SCALE / (mean_abs + 0.05)), 1).astype(np.int64)
     probe = ChannelContext(weights=weights, edges=np.zeros((channels, 0), np.int64), clip=clip, window=window)
     activities = [probe.activities_of(s) for s in symbols]
-    quantiles = np.linspace(0.0, 1.0, buckets + 1)[1:-1]
-    edges = np.stack([
-        np.quantile(np.concatenate([a[c].ravel() for a in activities]), quantiles, method="lower")
-        for c in range(channels)
-    ]).astype(np.int64)
-    context = ChannelContext(weights=weights, edges=edges, clip=clip, window=window)
-    counts = np.zeros((channels, buckets, width), dtype=np.float64)
-    for s, a in zip(symbols, activities):
+    edges = _quantile_edges([a.reshape(channels, -1) for a in activities], buckets)
+    spatial_edges = None
+    if spatial_buckets:
+        others = [~anchor_mask(*s.shape[1:]).reshape(-1) for s in symbols]
+        neighbours = [neighbour_sum(np.minimum(np.abs(s.astype(np.int64)), clip)) for s in symbols]
+        spatial_edges = _quantile_edges([n.reshape(channels, -1)[:, o] for n, o in zip(neighbours, others)],
+                                        spatial_buckets)
+    context = ChannelContext(weights=weights, edges=edges, clip=clip, window=window, spatial_edges=spatial_edges)
+    counts = np.zeros((channels, context.tables, width), dtype=np.float64)
+    for s in symbols:
         index = _table_indices(tables, s)
+        ids = context.table_ids_of(s)
         for c in range(channels):
-            cell = bucket_of(a[c], edges[c]).ravel().astype(np.int64) * width + index[c].ravel()
-            counts[c] += np.bincount(cell, minlength=buckets * width).reshape(buckets, width)
+            cell = ids[c].ravel() * width + index[c].ravel()
+            counts[c] += np.bincount(cell, minlength=context.tables * width).reshape(context.tables, width)
     total = 1 << tables.precision
-    context_cdf = np.full((channels, buckets, tables.cdf.shape[1]), total, dtype=np.int32)
+    context_cdf = np.full((channels, context.tables, tables.cdf.shape[1]), total, dtype=np.int32)
     for c in range(channels):
         n = int(tables.lengths[c])
         own = np.diff(tables.cdf[c, : n + 1]).astype(np.float64) / total
-        for b in range(buckets):
-            probabilities = (counts[c, b, :n] + pseudo_counts * own) / (counts[c, b, :n].sum() + pseudo_counts)
-            context_cdf[c, b, 0] = 0
-            context_cdf[c, b, 1 : n + 1] = np.cumsum(quantize_pmf(probabilities, tables.precision))
+        for t in range(context.tables):
+            probabilities = (counts[c, t, :n] + pseudo_counts * own) / (counts[c, t, :n].sum() + pseudo_counts)
+            context_cdf[c, t, 0] = 0
+            context_cdf[c, t, 1 : n + 1] = np.cumsum(quantize_pmf(probabilities, tables.precision))
     return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
+
+
+def _quantile_edges(values: list[np.ndarray], buckets: int) -> np.ndarray:
+    """Per channel, the ``buckets`` − 1 thresholds that split the values (list of (C, n) arrays) into about equal
+    shares: int64 (C, buckets − 1)."""
+    quantiles = np.linspace(0.0, 1.0, buckets + 1)[1:-1]
+    return np.stack([
+        np.quantile(np.concatenate([v[c] for v in values]), quantiles, method="lower") for c in range(values[0].shape[0])
+    ]).astype(np.int64)
 
 
 def context_bits(tables: FrozenTables, symbols: np.ndarray) -> float:
@@ -235,10 +254,10 @@ def context_bits(tables: FrozenTables, symbols: np.ndarray) -> float:
     if tables.context is None:
         return ideal_bits(tables, symbols)
     index = _table_indices(tables, symbols)
-    buckets = tables.context.buckets_of(symbols)
+    table_ids = tables.context.table_ids_of(symbols)
     freqs = np.diff(tables.context_cdf.astype(np.int64), axis=2)
     channel = np.arange(tables.channels)[:, None, None]
-    return float(-np.log2(freqs[channel, buckets, index] / (1 << tables.precision)).sum())
+    return float(-np.log2(freqs[channel, table_ids, index] / (1 << tables.precision)).sum())
 
 
 class _Float64Density:
@@ -277,7 +296,7 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
     if len(contexts) > 1:
         raise ValueError("all levels must share one context clip and window")
     arrays: dict[str, np.ndarray] = {
-        "format_version": np.array([2 if all(with_context) else 1], dtype=np.int32),
+        "format_version": np.array([_table_format(tables)], dtype=np.int32),
         "precision": np.array([precisions.pop()], dtype=np.int32),
         "levels": np.array([len(tables)], dtype=np.int32),
     }
@@ -290,12 +309,21 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
             arrays[f"level{level}_context_weights"] = table.context.weights.astype(np.int64)
             arrays[f"level{level}_context_edges"] = table.context.edges.astype(np.int64)
             arrays[f"level{level}_context_cdf"] = table.context_cdf.astype(np.int32)
+            if table.context.spatial_edges is not None:
+                arrays[f"level{level}_spatial_edges"] = table.context.spatial_edges.astype(np.int64)
     if contexts:
         clip, window = contexts.pop()
         arrays["context_clip"] = np.array([clip], dtype=np.int32)
         arrays["context_window"] = np.array([window], dtype=np.int32)
     with open(path, "wb") as handle:
         np.savez_compressed(handle, **arrays)
+
+
+def _table_format(tables: list[FrozenTables]) -> int:
+    """1: one table per channel; 2: channel context; 3: channel context, some levels with the checkerboard."""
+    if tables[0].context is None:
+        return 1
+    return 3 if any(t.context.spatial_edges is not None for t in tables) else 2
 
 
 def ideal_bits(tables: FrozenTables, symbols: np.ndarray) -> float:

@@ -11,15 +11,29 @@ at that place: for channel c at (i, j)
 Everything is integer arithmetic, so encoder and decoder compute the same buckets on every machine. Channel
 0 has no coded channels before it: its activity is 0 everywhere. The weights, thresholds and B tables per
 channel are fitted on the training images at export (``model_export.freeze.fit_context_tables``).
+
+With a checkerboard spatial context (S > 0 spatial buckets, ``spatial_edges`` (C, S − 1)) a channel is coded in
+two passes. The anchors, (i + j) even, come first and use the B tables as above. Then every other symbol also
+knows its four neighbours in its own channel, all anchors:
+
+    N_c(i, j) = Σ over the 4 neighbours inside the channel of min(|s_c|, clip)
+    s_c(i, j) = the number of thresholds in spatial_edges_c that are ≤ N_c(i, j)    (0 … S − 1)
+
+and is coded with table B + b_c(i, j) · S + s_c(i, j): B · (1 + S) tables per channel in all (He et al. 2021,
+"Checkerboard Context Model", here by counting).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChannelContext", "ContextState", "DEFAULT_CLIP", "DEFAULT_WINDOW", "bucket_of", "window_sum"]
+__all__ = [
+    "ChannelContext", "ContextState", "DEFAULT_CLIP", "DEFAULT_WINDOW", "anchor_mask", "bucket_of", "neighbour_sum",
+    "window_sum",
+]
 
 DEFAULT_CLIP = 255
 DEFAULT_WINDOW = 3
@@ -29,16 +43,41 @@ _SMALL = 2048
 
 @dataclass(frozen=True)
 class ChannelContext:
-    """Per-level context parameters: ``weights`` (C,) int64 ≥ 0, ``edges`` (C, B − 1) int64 non-decreasing."""
+    """Per-level context parameters: ``weights`` (C,) int64 ≥ 0, ``edges`` (C, B − 1) int64 non-decreasing,
+    and, for the checkerboard, ``spatial_edges`` (C, S − 1) int64 non-decreasing (``None``: one pass)."""
 
     weights: np.ndarray
     edges: np.ndarray
     clip: int = DEFAULT_CLIP
     window: int = DEFAULT_WINDOW
+    spatial_edges: np.ndarray | None = None
 
     @property
     def buckets(self) -> int:
         return int(self.edges.shape[1]) + 1
+
+    @property
+    def spatial_buckets(self) -> int:
+        """S, the spatial buckets of the checkerboard's second pass (0: no checkerboard)."""
+        return 0 if self.spatial_edges is None else int(self.spatial_edges.shape[1]) + 1
+
+    @property
+    def tables(self) -> int:
+        """Tables per channel: B, or B · (1 + S) with the checkerboard."""
+        return self.buckets * (1 + self.spatial_buckets)
+
+    def table_ids(self, channel: int, buckets: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Table of every position (H, W) of ``channel``, int64: its bucket at the anchors and, with the
+        checkerboard, B + bucket · S + spatial bucket elsewhere, from the channel's anchor ``values`` (only the
+        anchors of ``values`` are read)."""
+        ids = buckets.astype(np.int64)
+        if self.spatial_edges is None:
+            return ids
+        spatial = bucket_of(self._neighbours(values), self.spatial_edges[channel])
+        return np.where(anchor_mask(*ids.shape), ids, self.buckets + ids * self.spatial_buckets + spatial)
+
+    def _neighbours(self, values: np.ndarray) -> np.ndarray:
+        return neighbour_sum(np.minimum(np.abs(values.astype(np.int64)), self.clip))
 
     def start(self, height: int, width: int) -> "ContextState":
         return ContextState(self, np.zeros((height, width), dtype=np.int64))
@@ -52,11 +91,15 @@ class ChannelContext:
 
     def buckets_of(self, symbols: np.ndarray) -> np.ndarray:
         """Bucket of every symbol of ``symbols`` (C, H, W), as the decoder will find them: uint8 (C, H, W)."""
-        activities = self.activities_of(symbols)
-        buckets = np.zeros(activities.shape, dtype=np.uint8)
-        for k in range(self.edges.shape[1]):
-            buckets += activities >= self.edges[:, k, None, None]
-        return buckets
+        return _count_edges(self.activities_of(symbols), self.edges)
+
+    def table_ids_of(self, symbols: np.ndarray) -> np.ndarray:
+        """Table of every symbol of ``symbols`` (C, H, W), as the decoder will find them: int64 (C, H, W)."""
+        ids = self.buckets_of(symbols).astype(np.int64)
+        if self.spatial_edges is None:
+            return ids
+        spatial = _count_edges(self._neighbours(symbols), self.spatial_edges).astype(np.int64)
+        return np.where(anchor_mask(*ids.shape[1:]), ids, self.buckets + ids * self.spatial_buckets + spatial)
 
 
 @dataclass
@@ -78,6 +121,33 @@ class ContextState:
         """Add a coded channel's symbols (H, W) to the running activity."""
         magnitude = np.minimum(np.abs(symbols.astype(np.int64)), self.context.clip)
         self.running += int(self.context.weights[channel]) * magnitude
+
+
+def _count_edges(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """For (C, H, W) ``values`` and per-channel sorted thresholds ``edges`` (C, K): how many are ≤ each value."""
+    counts = np.zeros(values.shape, dtype=np.uint8)
+    for k in range(edges.shape[1]):
+        counts += values >= edges[:, k, None, None]
+    return counts
+
+
+@functools.lru_cache(maxsize=16)
+def anchor_mask(height: int, width: int) -> np.ndarray:
+    """The checkerboard's first pass: True where (i + j) is even, (height, width) bool (read-only, cached)."""
+    mask = (np.arange(height)[:, None] + np.arange(width)[None, :]) % 2 == 0
+    mask.flags.writeable = False
+    return mask
+
+
+def neighbour_sum(values: np.ndarray) -> np.ndarray:
+    """Sum of the up to four horizontal and vertical neighbours inside the plane (last two axes) of every
+    element (nothing is counted outside the edges)."""
+    total = np.zeros_like(values)
+    total[..., 1:, :] += values[..., :-1, :]
+    total[..., :-1, :] += values[..., 1:, :]
+    total[..., :, 1:] += values[..., :, :-1]
+    total[..., :, :-1] += values[..., :, 1:]
+    return total
 
 
 def bucket_of(activity: np.ndarray, edges: np.ndarray) -> np.ndarray:

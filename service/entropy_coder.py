@@ -5,8 +5,10 @@ with its channel's table; a symbol outside the table is coded as the escape inde
 its value follows right after its channel's symbols: per escaped symbol a bit length ``k`` (uniform over
 0..31), then ``ceil(k / 16)`` 16-bit chunks, low chunk first. With a channel context (tables format 2,
 ``service.channel_context``) each channel has B tables: its symbols are coded bucket by bucket (bucket 0
-first, raster order inside a bucket), each with its bucket's table, then its escapes in raster order. Only
-the stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that
+first, raster order inside a bucket), each with its bucket's table, then its escapes in raster order. With
+the checkerboard (tables format 3, levels with spatial thresholds) a channel is coded in two such passes: its
+anchors ((i + j) even) table by table and their escapes, then the other positions, whose tables also depend
+on their four anchor neighbours, table by table and their escapes. Only the stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that
 every word of the payload was used.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import constriction
 import numpy as np
 
-from .channel_context import ChannelContext
+from .channel_context import ChannelContext, anchor_mask
 from .errors import CorruptStream, ModelLoadError, TrailingData
 
 __all__ = ["LevelTables", "TableCoder", "load_tables", "MAX_ABS_SYMBOL", "DEFAULT_RDOQ_LAMBDA"]
@@ -41,7 +43,7 @@ class LevelTables:
     medians: np.ndarray  # float32 (C,)
     precision: int
     context: ChannelContext | None = None
-    context_cdf: np.ndarray | None = None  # int64 (C, B, max length + 1): the B tables of each channel
+    context_cdf: np.ndarray | None = None  # int64 (C, T, max length + 1): the T = context.tables of each channel
 
     @property
     def channels(self) -> int:
@@ -57,7 +59,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
     with archive:
         try:
             version = int(archive["format_version"][0])
-            if version not in (1, 2):
+            if version not in (1, 2, 3):
                 raise ModelLoadError(f"{path}: unknown table format {version}")
             precision = int(archive["precision"][0])
             if int(archive["levels"][0]) != levels:
@@ -69,7 +71,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
                     offsets=archive[f"level{i}_offsets"].astype(np.int64),
                     medians=archive[f"level{i}_medians"].astype(np.float32),
                     precision=precision,
-                    **(_context_arrays(archive, i) if version == 2 else {}),
+                    **(_context_arrays(archive, i) if version >= 2 else {}),
                 )
                 for i in range(1, levels + 1)
             ]
@@ -81,11 +83,13 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
 
 
 def _context_arrays(archive, level: int) -> dict:
+    spatial = f"level{level}_spatial_edges"
     context = ChannelContext(
         weights=archive[f"level{level}_context_weights"].astype(np.int64),
         edges=archive[f"level{level}_context_edges"].astype(np.int64),
         clip=int(archive["context_clip"][0]),
         window=int(archive["context_window"][0]),
+        spatial_edges=archive[spatial].astype(np.int64) if spatial in archive.files else None,
     )
     return {"context": context, "context_cdf": archive[f"level{level}_context_cdf"].astype(np.int64)}
 
@@ -120,15 +124,21 @@ def _check_context(table: LevelTables, level: int) -> None:
     if not 2 <= buckets <= 256 or context.weights.shape != (table.channels,) or context.edges.ndim != 2:
         raise ModelLoadError(f"level {level}: context weights {context.weights.shape} and edges {context.edges.shape} "
                              f"do not fit {table.channels} channels")
-    if cdf is None or cdf.shape[:2] != (table.channels, buckets) or cdf.shape[2] < int(table.lengths.max()) + 1:
-        raise ModelLoadError(f"level {level}: context tables of shape {None if cdf is None else cdf.shape}")
+    spatial = context.spatial_edges
+    if spatial is not None and (spatial.ndim != 2 or spatial.shape[0] != table.channels
+                                or not 2 <= spatial.shape[1] + 1 <= 256 or np.any(np.diff(spatial, axis=1) < 0)):
+        raise ModelLoadError(f"level {level}: spatial thresholds of shape {spatial.shape} for {table.channels} "
+                             "channels, or not sorted")
+    if cdf is None or cdf.shape[:2] != (table.channels, context.tables) or cdf.shape[2] < int(table.lengths.max()) + 1:
+        raise ModelLoadError(f"level {level}: context tables of shape {None if cdf is None else cdf.shape}, "
+                             f"expected {context.tables} per channel")
     if np.any(context.weights < 0) or np.any(context.weights > 1 << 24) or np.any(np.diff(context.edges, axis=1) < 0):
         raise ModelLoadError(f"level {level}: context weights out of range or thresholds not sorted")
     if not 1 <= context.clip <= 1 << 16 or context.window not in (1, 3, 5, 7):
         raise ModelLoadError(f"level {level}: context clip {context.clip} or window {context.window} out of range")
-    for b in range(buckets):
-        if _bad_rows(cdf[:, b, :], table.lengths, total).size:
-            raise ModelLoadError(f"level {level} bucket {b}: a context CDF is not strictly increasing from 0 to {total}")
+    for t in range(context.tables):
+        if _bad_rows(cdf[:, t, :], table.lengths, total).size:
+            raise ModelLoadError(f"level {level} table {t}: a context CDF is not strictly increasing from 0 to {total}")
 
 
 def _escape_value(index: np.ndarray, escape: int) -> np.ndarray:
@@ -148,7 +158,7 @@ class TableCoder:
             if tables.context is None:
                 rows = [tables.cdf[c, : n + 1]]
             else:
-                rows = [tables.context_cdf[c, b, : n + 1] for b in range(tables.context.buckets)]
+                rows = [tables.context_cdf[c, t, : n + 1] for t in range(tables.context.tables)]
             self._models.append([
                 constriction.stream.model.Categorical(np.diff(row).astype(np.float64) / total, perfect=False)
                 for row in rows
@@ -157,21 +167,34 @@ class TableCoder:
         self._chunk_model = constriction.stream.model.Uniform(1 << _CHUNK_BITS)
         self._bits: list[np.ndarray] | None = None
 
+    @property
+    def _checkerboard(self) -> bool:
+        return self.tables.context is not None and self.tables.context.spatial_edges is not None
+
+    def _passes(self, height: int, width: int) -> list[np.ndarray | None]:
+        """Flat positions of a channel's coding passes: all at once (``None``), or the checkerboard's anchors
+        and then the others."""
+        if not self._checkerboard:
+            return [None]
+        anchors = anchor_mask(height, width).reshape(-1)
+        return [np.flatnonzero(anchors), np.flatnonzero(~anchors)]
+
     def _table_index(self, channel: int, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Table index of each symbol of ``channel`` (outside 0 … length − 2 when escaped) and the escaped mask."""
         n = int(self.tables.lengths[channel])
         index = symbols.astype(np.int64) - int(self.tables.offsets[channel])
         return index, (index < 0) | (index >= n - 1)
 
-    def _symbol_bits(self, channel: int, buckets: np.ndarray | int, symbols: np.ndarray) -> np.ndarray:
-        """Bits that coding ``symbols`` of ``channel`` in ``buckets`` costs (escapes with their payload)."""
+    def _symbol_bits(self, channel: int, table_ids: np.ndarray | int, symbols: np.ndarray) -> np.ndarray:
+        """Bits that coding ``symbols`` of ``channel`` with tables ``table_ids`` costs (escapes with their
+        payload)."""
         if self._bits is None:
             total = float(1 << self.tables.precision)
             cdf = self.tables.cdf[:, None, :] if self.tables.context is None else self.tables.context_cdf
             self._bits = [-np.log2(np.diff(cdf[c, :, : int(n) + 1], axis=1) / total) for c, n in enumerate(self.tables.lengths)]
         escape = int(self.tables.lengths[channel]) - 1
         index, escaped = self._table_index(channel, symbols)
-        bits = self._bits[channel][buckets, np.where(escaped, escape, index)]
+        bits = self._bits[channel][table_ids, np.where(escaped, escape, index)]
         if escaped.any():
             raw = np.where(escaped, _escape_value(index, escape), 0)
             chunks = np.ceil(np.log2(raw.astype(np.float64) + 1.0) / _CHUNK_BITS)
@@ -181,30 +204,43 @@ class TableCoder:
     def rdo_symbols(self, residuals: np.ndarray, rdoq_lambda: float = DEFAULT_RDOQ_LAMBDA) -> np.ndarray:
         """Symbols (C, H, W) int32 for the residuals r = y − median: round(r), or the integer one step closer to 0
         where the bits that saves, times ``rdoq_lambda``, exceed the squared error it adds, (r − q′)² − (r − q)²
-        (rate-distortion optimised rounding, decided channel after channel with the buckets the decoder will
-        see). ``rdoq_lambda`` 0 gives plain rounding."""
+        (rate-distortion optimised rounding, decided channel after channel, and pass after pass of the
+        checkerboard, with the tables the decoder will use). ``rdoq_lambda`` 0 gives plain rounding."""
         residuals = np.asarray(residuals, dtype=np.float64)
         rounded = np.rint(residuals).astype(np.int64)
         if rdoq_lambda <= 0:
             return rounded.astype(np.int32)
         context = self.tables.context
-        state = context.start(residuals.shape[1], residuals.shape[2]) if context is not None else None
-        out = np.empty_like(rounded)
+        height, width = residuals.shape[1:]
+        state = context.start(height, width) if context is not None else None
+        out = rounded.copy()
+        passes = self._passes(height, width)
         for c in range(self.tables.channels):
-            symbols = rounded[c]
-            closer = symbols - np.sign(symbols)
-            buckets = state.buckets(c) if state is not None else 0
-            added_error = (residuals[c] - closer) ** 2 - (residuals[c] - symbols) ** 2
-            rounded_bits, closer_bits = self._symbol_bits(c, buckets, np.stack([symbols, closer]))
-            out[c] = np.where((symbols != 0) & (added_error < rdoq_lambda * (rounded_bits - closer_bits)), closer, symbols)
+            buckets = state.buckets(c) if state is not None else np.zeros((height, width), dtype=np.int64)
+            flat_residuals, flat_out = residuals[c].reshape(-1), out[c].reshape(-1)
+            for second_pass, positions in enumerate(passes):
+                table_ids = (context.table_ids(c, buckets, out[c]) if second_pass else buckets).reshape(-1)
+                chosen = slice(None) if positions is None else positions
+                symbols, r = flat_out[chosen], flat_residuals[chosen]
+                closer = symbols - np.sign(symbols)
+                added_error = (r - closer) ** 2 - (r - symbols) ** 2
+                rounded_bits, closer_bits = self._symbol_bits(c, table_ids[chosen], np.stack([symbols, closer]))
+                move = (symbols != 0) & (added_error < rdoq_lambda * (rounded_bits - closer_bits))
+                flat_out[chosen] = np.where(move, closer, symbols)
             if state is not None:
                 state.add(c, out[c])
         return out.astype(np.int32)
 
-    def _channel_order(self, buckets: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """Positions of a channel in coding order (bucket by bucket, raster order inside) and the bucket sizes."""
-        flat = buckets.reshape(-1)
-        return np.argsort(flat, kind="stable"), np.bincount(flat, minlength=self.tables.context.buckets).tolist()
+    def _grouped(self, table_ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """Order of positions by table (raster order inside a table) and (table, start, end) in that order of
+        every table that codes some of them."""
+        if len(self._models[0]) <= 256:
+            table_ids = table_ids.astype(np.uint8)  # a stable sort of bytes is a radix sort
+        sizes = np.bincount(table_ids, minlength=len(self._models[0]))
+        ends = np.cumsum(sizes)
+        used = np.flatnonzero(sizes)
+        return np.argsort(table_ids, kind="stable"), list(zip(used.tolist(), (ends[used] - sizes[used]).tolist(),
+                                                              ends[used].tolist()))
 
     def encode(self, symbols: np.ndarray) -> bytes:
         """Range-code integer symbols (C, H, W) (values are ``round(y − median)``)."""
@@ -214,29 +250,36 @@ class TableCoder:
         if np.abs(symbols).max(initial=0) > MAX_ABS_SYMBOL:
             raise ValueError(f"symbol magnitude above {MAX_ABS_SYMBOL}")
         context = self.tables.context
-        state = context.start(symbols.shape[1], symbols.shape[2]) if context is not None else None
-        # small levels: every bucket at once (less per-channel overhead); large ones channel by channel (cache)
-        buckets = context.buckets_of(symbols) if context is not None and symbols.size <= _VECTOR_BUCKETS else None
+        height, width = symbols.shape[1:]
+        state = context.start(height, width) if context is not None else None
+        # small levels: every table id at once (less per-channel overhead); large ones channel by channel (cache)
+        all_ids = context.table_ids_of(symbols) if context is not None and symbols.size <= _VECTOR_BUCKETS else None
+        passes = self._passes(height, width)
         encoder = constriction.stream.queue.RangeEncoder()
         for c in range(self.tables.channels):
             n = int(self.tables.lengths[c])
-            index, escaped = self._table_index(c, symbols[c].reshape(-1))
-            coded = np.where(escaped, n - 1, index).astype(np.int32)
             if state is None:
-                encoder.encode(coded, self._models[c][0])
+                table_ids = None
+            elif all_ids is not None:
+                table_ids = all_ids[c].reshape(-1)
             else:
-                if buckets is None:
-                    order, sizes = self._channel_order(state.buckets(c))
-                    state.add(c, symbols[c])
+                table_ids = context.table_ids(c, state.buckets(c), symbols[c]).reshape(-1)
+                state.add(c, symbols[c])
+            for positions in passes:
+                values = symbols[c].reshape(-1)
+                if positions is not None:
+                    values = values[positions]
+                index, escaped = self._table_index(c, values)
+                coded = np.where(escaped, n - 1, index).astype(np.int32)
+                if table_ids is None:
+                    encoder.encode(coded, self._models[c][0])
                 else:
-                    order, sizes = self._channel_order(buckets[c])
-                coded, start = coded[order], 0
-                for bucket, size in enumerate(sizes):
-                    if size:
-                        encoder.encode(coded[start : start + size], self._models[c][bucket])
-                    start += size
-            if escaped.any():
-                self._encode_escapes(encoder, index[escaped], n - 1)
+                    order, groups = self._grouped(table_ids if positions is None else table_ids[positions])
+                    coded = coded[order]
+                    for table, start, end in groups:
+                        encoder.encode(coded[start:end], self._models[c][table])
+                if escaped.any():
+                    self._encode_escapes(encoder, index[escaped], n - 1)
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def _encode_escapes(self, encoder, values: np.ndarray, escape: int) -> None:
@@ -263,35 +306,42 @@ class TableCoder:
         count = height * width
         context = self.tables.context
         state = context.start(height, width) if context is not None else None
-        out = np.empty((self.tables.channels, count), dtype=np.int64)
+        passes = self._passes(height, width)
+        out = np.zeros((self.tables.channels, count), dtype=np.int64)
         try:
             for c in range(self.tables.channels):
                 n = int(self.tables.lengths[c])
-                if state is None:
-                    index = decoder.decode(self._models[c][0], count).astype(np.int64)
-                else:
-                    order, sizes = self._channel_order(state.buckets(c))
-                    in_order, start = np.empty(count, dtype=np.int64), 0
-                    for bucket, size in enumerate(sizes):
-                        if size:
-                            in_order[start : start + size] = decoder.decode(self._models[c][bucket], size)
-                            start += size
-                    index = np.empty(count, dtype=np.int64)
-                    index[order] = in_order
-                escaped = index == n - 1
-                if escaped.any():
-                    index[escaped] = self._decode_escapes(decoder, int(escaped.sum()), n - 1)
-                out[c] = index + int(self.tables.offsets[c])
-                if state is not None:
-                    if np.abs(out[c]).max(initial=0) > MAX_ABS_SYMBOL:
+                buckets = state.buckets(c) if state is not None else None
+                for second_pass, positions in enumerate(passes):
+                    size_of_pass = count if positions is None else positions.size
+                    if state is None:
+                        index = decoder.decode(self._models[c][0], size_of_pass).astype(np.int64)
+                    else:
+                        # the anchors' tables are their buckets; the others' need the anchors just decoded
+                        table_ids = (context.table_ids(c, buckets, out[c].reshape(height, width)) if second_pass
+                                     else buckets).reshape(-1)
+                        order, groups = self._grouped(table_ids if positions is None else table_ids[positions])
+                        in_order = np.empty(size_of_pass, dtype=np.int64)
+                        for table, start, end in groups:
+                            in_order[start:end] = decoder.decode(self._models[c][table], end - start)
+                        index = np.empty(size_of_pass, dtype=np.int64)
+                        index[order] = in_order
+                    escaped = index == n - 1
+                    if escaped.any():
+                        index[escaped] = self._decode_escapes(decoder, int(escaped.sum()), n - 1)
+                    values = index + int(self.tables.offsets[c])
+                    if np.abs(values).max(initial=0) > MAX_ABS_SYMBOL:
                         raise CorruptStream("decoded symbol out of range")
+                    if positions is None:
+                        out[c] = values
+                    else:
+                        out[c, positions] = values
+                if state is not None:
                     state.add(c, out[c].reshape(height, width))
         except (ValueError, KeyError, RuntimeError, AssertionError) as error:
             raise CorruptStream(f"range decoding failed: {error}") from error
         if not decoder.maybe_exhausted():
             raise TrailingData("the payload holds more data than its symbols")
-        if np.abs(out).max(initial=0) > MAX_ABS_SYMBOL:
-            raise CorruptStream("decoded symbol out of range")
         return out.reshape(self.tables.channels, height, width).astype(np.int32)
 
     def _decode_escapes(self, decoder, count: int, escape: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.channel_context import ChannelContext, window_sum
+from service.channel_context import ChannelContext, anchor_mask, neighbour_sum, window_sum
 from service.entropy_coder import LevelTables, TableCoder, load_tables
 from service.errors import CorruptStream, ModelLoadError, TrailingData
 
@@ -124,6 +124,25 @@ def _context_tables(channels: int, buckets: int = 4, half_width: int = 8) -> Lev
     return dataclasses.replace(base, context=context, context_cdf=context_cdf)
 
 
+def _laplace_cdf(scale: float, values: np.ndarray) -> np.ndarray:
+    probabilities = np.exp(-np.abs(values) / scale)
+    probabilities = np.r_[probabilities / probabilities.sum() * 0.999, 0.001]
+    freqs = np.maximum(np.round(probabilities * (1 << 16)).astype(np.int64), 1)
+    freqs[np.argmax(freqs)] -= freqs.sum() - (1 << 16)
+    return np.r_[0, np.cumsum(freqs)]
+
+
+def _checkerboard_tables(channels: int, buckets: int = 4, spatial: int = 3, half_width: int = 8) -> LevelTables:
+    """``_context_tables`` plus a hand-made checkerboard: the second pass's table (b, s) is wider with b and s."""
+    tables = _context_tables(channels, buckets, half_width)
+    values = np.arange(-half_width, half_width + 1)
+    second = [_laplace_cdf(0.2 * (b + 1) * (s + 1), values) for b in range(buckets) for s in range(spatial)]
+    context_cdf = np.concatenate([tables.context_cdf, np.tile(np.stack(second)[None], (channels, 1, 1))], axis=1)
+    spatial_edges = np.tile(np.array([2, 8, 20][: spatial - 1], dtype=np.int64), (channels, 1))
+    context = dataclasses.replace(tables.context, spatial_edges=spatial_edges)
+    return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
+
+
 def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
     """Symbols whose scale follows one smooth busy/flat field shared by all channels."""
     field = np.repeat(np.repeat(rng.uniform(0.1, 3.0, size=(height // 4 + 1, width // 4 + 1)), 4, 0), 4, 1)
@@ -131,16 +150,19 @@ def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: i
 
 
 # the encoder finds the buckets of small levels all at once and of large ones channel by channel, as decoding does
-@pytest.mark.parametrize("height, width", [(19, 26), (230, 240)])
-def test_channel_context_round_trip_is_exact_and_byte_identical(height, width):
+@pytest.mark.parametrize("height, width", [(19, 26), (230, 240), (1, 1), (1, 7)])
+@pytest.mark.parametrize("make_tables", [_context_tables, _checkerboard_tables])
+def test_channel_context_round_trip_is_exact_and_byte_identical(height, width, make_tables):
     rng = np.random.default_rng(3)
-    coder = TableCoder(_context_tables(5))
+    coder = TableCoder(make_tables(5))
     symbols = _busy_symbols(rng, 5, height, width)
     symbols[0, 0, 0] = 70_000  # escapes also feed the context of later channels (clipped)
     symbols[3, height - 1, width - 1] = -(1 << 24)
     payload = coder.encode(symbols)
     np.testing.assert_array_equal(coder.decode(payload, height, width), symbols)
-    assert TableCoder(_context_tables(5)).encode(symbols) == payload
+    assert TableCoder(make_tables(5)).encode(symbols) == payload
+    if height * width < 10:
+        return
     with pytest.raises((CorruptStream, TrailingData)):
         coder.decode(payload[: len(payload) // 2], height, width)
     with pytest.raises(TrailingData):
@@ -162,6 +184,31 @@ def test_channel_context_buckets_are_what_the_decoder_sees(height, width):
     assert len(np.unique(buckets[1:])) >= 3  # the context varies with the busy field
 
 
+@pytest.mark.parametrize("height, width", [(12, 9), (60, 50)])
+def test_checkerboard_tables_are_what_the_decoder_sees(height, width):
+    """The encoder's table of every symbol, all channels at once, is what the decoder finds from the channels
+    before and only the anchors of the symbol's own channel."""
+    context = _checkerboard_tables(4).context
+    symbols = _busy_symbols(np.random.default_rng(9), 4, height, width)
+    table_ids = context.table_ids_of(symbols)
+    anchors = anchor_mask(height, width)
+    state = context.start(height, width)
+    for c in range(4):
+        anchors_only = np.where(anchors, symbols[c], 0)
+        np.testing.assert_array_equal(context.table_ids(c, state.buckets(c), anchors_only), table_ids[c])
+        state.add(c, symbols[c])
+    assert np.all(table_ids[:, anchors] < context.buckets) and np.all(table_ids[:, ~anchors] >= context.buckets)
+    assert len(np.unique(table_ids[:, ~anchors])) >= 6 and context.tables == 4 * (1 + 3)
+
+
+def test_anchor_mask_and_neighbour_sum():
+    np.testing.assert_array_equal(anchor_mask(2, 3), [[True, False, True], [False, True, False]])
+    values = np.random.default_rng(10).integers(0, 100, size=(2, 5, 7))
+    padded = np.pad(values, [(0, 0), (1, 1), (1, 1)])
+    expected = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    np.testing.assert_array_equal(neighbour_sum(values), expected)
+
+
 def _save_context_tables(path: Path, tables: LevelTables, **overrides) -> None:
     arrays = {
         "format_version": np.array([2]), "precision": np.array([16]), "levels": np.array([1]),
@@ -170,6 +217,8 @@ def _save_context_tables(path: Path, tables: LevelTables, **overrides) -> None:
         "level1_medians": tables.medians, "level1_context_weights": tables.context.weights,
         "level1_context_edges": tables.context.edges, "level1_context_cdf": tables.context_cdf,
     }
+    if tables.context.spatial_edges is not None:
+        arrays.update({"format_version": np.array([3]), "level1_spatial_edges": tables.context.spatial_edges})
     arrays.update(overrides)
     np.savez(path, **arrays)
 
@@ -202,6 +251,26 @@ def test_context_tables_load_and_bad_ones_are_rejected(tmp_path):
             load_tables(tmp_path / "bad.npz", 1, [3])
 
 
+def test_checkerboard_tables_load_and_bad_ones_are_rejected(tmp_path):
+    tables = _checkerboard_tables(3)
+    _save_context_tables(tmp_path / "good.npz", tables)
+    loaded = load_tables(tmp_path / "good.npz", 1, [3])[0]
+    assert loaded.context.spatial_buckets == 3 and loaded.context.tables == 16
+    symbols = _busy_symbols(np.random.default_rng(11), 3, 9, 8)
+    assert TableCoder(loaded).encode(symbols) == TableCoder(tables).encode(symbols)
+    unsorted = tables.context.spatial_edges.copy()
+    unsorted[0] = unsorted[0, ::-1]
+    for overrides in (
+        {"level1_spatial_edges": unsorted},
+        {"level1_spatial_edges": tables.context.spatial_edges[:2]},
+        {"level1_context_cdf": tables.context_cdf[:, :10]},
+        {"level1_spatial_edges": np.zeros((3, 0), dtype=np.int64)},
+    ):
+        _save_context_tables(tmp_path / "bad.npz", tables, **overrides)
+        with pytest.raises(ModelLoadError):
+            load_tables(tmp_path / "bad.npz", 1, [3])
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (7, 9), (3, 4, 5)])
 @pytest.mark.parametrize("window", [1, 3, 5])
 def test_window_sum_replicates_edges_like_numpy_pad(shape, window):
@@ -213,9 +282,9 @@ def test_window_sum_replicates_edges_like_numpy_pad(shape, window):
     np.testing.assert_array_equal(window_sum(values, window), expected)
 
 
-@pytest.mark.parametrize("with_context", [False, True])
-def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(with_context):
-    tables = _context_tables(5) if with_context else _laplace_tables(5)
+@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables])
+def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(make_tables):
+    tables = make_tables(5)
     coder = TableCoder(tables)
     residuals = _busy_symbols(np.random.default_rng(7), 5, 40, 40) + np.random.default_rng(8).uniform(-0.5, 0.5, (5, 40, 40))
     rounded = np.rint(residuals).astype(np.int32)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from model_export.checkpoint import load_codec_checkpoint
-from model_export.export import export_model
+from model_export.export import export_model, spatial_buckets_per_level
 from model_export.model import SSLIC, pad_to_multiple
 from service.codec import Codec, pad_image
 from service.errors import ModelLoadError
@@ -102,7 +102,9 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     assert all(f < b for f, b in zip(report["bits_per_symbol_fitted"], report["bits_per_symbol_frozen"]))
     assert all(c < f for c, f in zip(report["bits_per_symbol_context"], report["bits_per_symbol_fitted"]))
     assert manifest["entropy_coding"] == {"method": "factorized"}
-    assert fitted["entropy_coding"] == {"method": "channel-context", "buckets": 16, "clip": 255, "window": 3}
+    assert fitted["entropy_coding"] == {"method": "channel-context", "buckets": 16, "clip": 255, "window": 3,
+                                        "spatial_buckets": [0, 8, 8]}
+    assert report["spatial_buckets"] == [0, 8, 8]
     assert fitted["model_id"] != manifest["model_id"]
     codec = Codec.from_dir(tmp_path, threads=1)
     image = (_image(64, 96).numpy()[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
@@ -110,9 +112,23 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     assert np.asarray(codec.decompress(container, 3)).shape == image.shape
     with pytest.raises(FileNotFoundError):
         export_model(model, tmp_path / "none", fit_dir=tmp_path / "no-such-folder")
+    channel_only = export_model(model, tmp_path / "channel", fit_dir=small_image_dir, spatial_buckets=0)
+    assert channel_only["entropy_coding"] == {"method": "channel-context", "buckets": 16, "clip": 255, "window": 3}
+    without, with_spatial = channel_only["tables_fitted_on"]["bits_per_symbol_context"], report["bits_per_symbol_context"]
+    # level 1 keeps one pass; the others get the checkerboard (its gain is tested on busy symbols in test_freeze)
+    assert with_spatial[0] == without[0] and all(s != c for s, c in zip(with_spatial[1:], without[1:]))
     one_table = export_model(model, tmp_path / "one", fit_dir=small_image_dir, context_buckets=0)
     assert one_table["entropy_coding"] == {"method": "factorized"}
     assert one_table["tables_fitted_on"]["bits_per_symbol_fitted"] == report["bits_per_symbol_fitted"]
+
+
+def test_spatial_buckets_per_level():
+    assert spatial_buckets_per_level(None, 4) == [0, 8, 8, 8]
+    assert spatial_buckets_per_level(4, 3) == [4, 4, 4]
+    assert spatial_buckets_per_level([0, 2, 0], 3) == [0, 2, 0]
+    for bad in ([8, 8], 1, [0, 300, 8]):
+        with pytest.raises(ValueError, match="spatial buckets"):
+            spatial_buckets_per_level(bad, 3)
 
 
 def test_export_is_reproducible(tiny_export, tmp_path):

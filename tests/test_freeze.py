@@ -183,10 +183,41 @@ def test_context_tables_survive_saving_and_code_any_symbol_exactly(tmp_path):
         save_tables(tmp_path / "mixed.npz", [context, frozen])
 
 
+def _own_field_symbols(seed: int, channels: int = 6, size: int = 64) -> np.ndarray:
+    """Symbols whose scale follows a busy/flat field of each channel's own: what the channels before know
+    little of, and a symbol's neighbours in its own channel much."""
+    rng = np.random.default_rng(seed)
+    field = np.kron(np.exp(rng.uniform(np.log(0.1), np.log(8.0), size=(channels, size // 4, size // 4))),
+                    np.ones((1, 4, 4)))
+    return np.rint(rng.laplace(0, 1, size=(channels, size, size)) * field).astype(np.int64)
+
+
+def test_checkerboard_tables_code_fresh_symbols_in_fewer_bits_and_round_trip(tmp_path):
+    frozen = _wide_tables()
+    training = [_own_field_symbols(seed) for seed in range(8)]
+    channel_only = fit_context_tables(frozen, training, buckets=8)
+    checkerboard = fit_context_tables(frozen, training, buckets=8, spatial_buckets=4)
+    fresh = _own_field_symbols(99)
+    assert context_bits(checkerboard, fresh) < 0.97 * context_bits(channel_only, fresh)
+    assert checkerboard.context_cdf.shape == (6, 8 * (1 + 4), frozen.cdf.shape[1])
+    assert checkerboard.context.spatial_edges.shape == (6, 3)
+    np.testing.assert_array_equal(checkerboard.context.edges, channel_only.context.edges)
+    save_tables(tmp_path / "t.npz", [channel_only, checkerboard])
+    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 3
+    loaded = load_tables(tmp_path / "t.npz", 2, [6, 6])
+    assert loaded[0].context.spatial_edges is None and loaded[1].context.spatial_buckets == 4
+    coder = TableCoder(loaded[1])
+    payload = coder.encode(fresh.astype(np.int32))
+    np.testing.assert_array_equal(coder.decode(payload, 64, 64), fresh)
+    assert abs(len(payload) * 8 - context_bits(checkerboard, fresh)) < 0.01 * len(payload) * 8 + 64
+
+
 def test_context_fitting_rejects_bad_arguments():
     frozen = _wide_tables()
     with pytest.raises(ValueError, match="buckets"):
         fit_context_tables(frozen, [_busy_symbols(0)], buckets=1)
+    with pytest.raises(ValueError, match="spatial_buckets"):
+        fit_context_tables(frozen, [_busy_symbols(0)], spatial_buckets=1)
     with pytest.raises(ValueError, match="pseudo_counts"):
         fit_context_tables(frozen, [_busy_symbols(0)], pseudo_counts=0)
     with pytest.raises(ValueError, match="shape"):

@@ -109,7 +109,12 @@ def evaluate_pillow(
 
 
 def _model_line(model: dict) -> str:
-    coding = model.get("entropy_coding", {}).get("method", "factorized")
+    entropy_coding = model.get("entropy_coding", {})
+    coding = entropy_coding.get("method", "factorized")
+    spatial = entropy_coding.get("spatial_buckets")
+    if spatial:
+        coding += f", checkerboard of {max(spatial)} spatial buckets at levels " + ", ".join(
+            str(level) for level, buckets in enumerate(spatial, start=1) if buckets)
     lambdas = " / ".join(f"{v:g}" for v in model.get("rdoq_lambda", []))
     return f"{model['model_id']} (entropy coding: {coding}; RDO rounding λ per level: {lambdas or 'n/a'})"
 

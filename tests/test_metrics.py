@@ -280,3 +280,7 @@ def test_evaluation_pipeline_with_stand_in_codec():
               "codecs": codecs, "summary": summary}
     markdown = evaluate.render_markdown(report)
     assert "## sslic per level" in markdown and "kodim10" in markdown and "NIQE" in markdown
+    report["model"] = {"model_id": "m", "rdoq_lambda": [0.1, 0],
+                       "entropy_coding": {"method": "channel-context", "spatial_buckets": [0, 8]}}
+    assert ("m (entropy coding: channel-context, checkerboard of 8 spatial buckets at levels 2; "
+            "RDO rounding λ per level: 0.1 / 0") in evaluate.render_markdown(report)

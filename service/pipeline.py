@@ -4,12 +4,16 @@ dynamic batcher, per-stage timings into the metrics. Nothing here runs CPU work 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import anyio.to_thread
 import numpy as np
-from starlette.concurrency import run_in_threadpool
+from anyio import CapacityLimiter
 
 from .batching import DynamicBatcher, QueueTimeout
 from .bitstream import Container, extract_level
@@ -19,7 +23,7 @@ from .imageio import InputImage, encode_image, to_pil
 from .metrics import Metrics
 from .settings import Settings
 
-__all__ = ["CodecService", "CompressResult", "TargetUnreachable", "MEDIA_TYPES"]
+__all__ = ["CodecService", "CompressResult", "TargetUnreachable", "MEDIA_TYPES", "cpu_count"]
 
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "jpg": "image/jpeg"}
 
@@ -55,6 +59,17 @@ class _Timer:
         self.histogram.observe(time.perf_counter() - self.start)
 
 
+_T = TypeVar("_T")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
@@ -67,6 +82,7 @@ class CodecService:
         self.codec = codec
         self.settings = settings
         self.metrics = metrics
+        self.cpu_limiter = CapacityLimiter(settings.cpu_workers or cpu_count())
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch=settings.max_batch,
@@ -77,6 +93,10 @@ class CodecService:
 
     def close(self) -> None:
         self.batcher.close()
+
+    async def _on_cpu(self, function: Callable[..., _T], *args) -> _T:
+        """Run a CPU-bound step in a worker thread, at most ``cpu_workers`` of them at once."""
+        return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=self.cpu_limiter)
 
     # -- model runs (worker thread) -----------------------------------------------------------------------
     def _run_batch(self, key: Hashable, payloads: Sequence[np.ndarray]) -> list:
@@ -134,11 +154,11 @@ class CodecService:
             levels = list(range(1, self.codec.levels + 1))
 
         with _Timer(self.metrics, "decode_input"):
-            image = await run_in_threadpool(self.codec.load_image, body)
-        padded = await run_in_threadpool(pad_image, image.rgb, self.codec.model.padding_multiple)
+            image = await self._on_cpu(self.codec.load_image, body)
+        padded = await self._on_cpu(pad_image, image.rgb, self.codec.model.padding_multiple)
         latents = await self._model(("encoder", padded.shape[1], padded.shape[2]), padded, deadline)
         with _Timer(self.metrics, "range_coding"):
-            symbols = await run_in_threadpool(
+            symbols = await self._on_cpu(
                 lambda: {lv: self.codec.quantize(lv, latents[lv - 1], per_level[lv - 1]) for lv in levels}
             )
         if target_bpp is not None:
@@ -147,7 +167,7 @@ class CodecService:
             result = await self._fit_psnr(image, symbols, target_psnr, deadline)
         else:
             with _Timer(self.metrics, "range_coding"):
-                data = await run_in_threadpool(self.codec.container_from_symbols, image, symbols)
+                data = await self._on_cpu(self.codec.container_from_symbols, image, symbols)
             result = CompressResult(data, levels, image.width, image.height)
         if len(result.levels) == 1:
             self.metrics.bpp.labels(str(result.levels[0])).observe(result.bpp)
@@ -155,7 +175,7 @@ class CodecService:
 
     async def _fit_bpp(self, image: InputImage, symbols: dict[int, np.ndarray], target: float) -> CompressResult:
         with _Timer(self.metrics, "range_coding"):
-            containers = await run_in_threadpool(
+            containers = await self._on_cpu(
                 lambda: {lv: self.codec.container_from_symbols(image, {lv: s}) for lv, s in symbols.items()}
             )
         pixels = image.width * image.height
@@ -176,14 +196,14 @@ class CodecService:
             best = max(best, quality)
             if quality >= target:
                 with _Timer(self.metrics, "range_coding"):
-                    data = await run_in_threadpool(self.codec.container_from_symbols, image, {lv: symbols[lv]})
+                    data = await self._on_cpu(self.codec.container_from_symbols, image, {lv: symbols[lv]})
                 return CompressResult(data, [lv], image.width, image.height, quality)
         raise TargetUnreachable(f"no level reaches {target:g} dB on this image; the finest gives {best:.2f} dB")
 
     async def _decode_pixels(self, level: int, symbols: np.ndarray, height: int, width: int, deadline: float):
-        latent = await run_in_threadpool(self.codec.dequantize, level, symbols)
+        latent = await self._on_cpu(self.codec.dequantize, level, symbols)
         x_hat = await self._model(("decoder", level, latent.shape[1], latent.shape[2]), latent, deadline)
-        return await run_in_threadpool(to_uint8, x_hat, height, width)
+        return await self._on_cpu(to_uint8, x_hat, height, width)
 
     # -- decompress / extract -----------------------------------------------------------------------------
     async def decompress(self, body: bytes, level: int | None, fmt: str) -> tuple[bytes, str, Container, int]:
@@ -198,15 +218,15 @@ class CodecService:
             return container, decoded_level, symbols, self.codec.alpha_plane(container)
 
         with _Timer(self.metrics, "range_coding"):
-            container, decoded_level, symbols, alpha = await run_in_threadpool(parse_and_decode)
+            container, decoded_level, symbols, alpha = await self._on_cpu(parse_and_decode)
         if key in ("jpeg", "jpg") and container.mode in ("RGBA", "LA"):
             raise InvalidParameter("JPEG cannot hold the image's alpha channel; ask for png or webp")
         rgb = await self._decode_pixels(decoded_level, symbols, container.height, container.width, deadline)
         with _Timer(self.metrics, "encode_output"):
-            data = await run_in_threadpool(
+            data = await self._on_cpu(
                 lambda: encode_image(to_pil(rgb, alpha, container.mode), key, png_level=self.settings.png_level)
             )
         return data, MEDIA_TYPES[key], container, decoded_level
 
     async def extract(self, body: bytes, level: int | None) -> bytes:
-        return await run_in_threadpool(extract_level, body, level)
+        return await self._on_cpu(extract_level, body, level)

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         f"one number for every level or a comma list with one per level (0: plain rounding); default "
         f"{DEFAULT_RDOQ_LAMBDA} for every level but the finest, which keeps plain rounding",
     )
+    cpu_workers: int = Field(
+        0, ge=0, le=256,
+        description="request steps that run Python on the CPU (image decoding, RDO rounding, range coding, output "
+        "encoding) run in at most this many threads at once (0: one per CPU available to the process); more "
+        "threads only fight over the interpreter lock",
+    )
     png_level: int = Field(
         DEFAULT_PNG_LEVEL, ge=0, le=9, description="zlib level of PNG responses (0 fastest and largest, 9 smallest)"
     )

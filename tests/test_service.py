@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ from PIL import Image
 from service.app import create_app
 from service.bitstream import Container, pack, unpack
 from service.codec import Codec
+from service.pipeline import cpu_count
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,3 +304,22 @@ def test_rdoq_per_request(client):
     for bad in ("x", "-1", "nan", "0.1,0.2", "1e9"):
         response = client.post(f"/compress?level=3&rdoq={bad}", content=body)
         assert response.status_code == 400 and response.json()["error"] == "invalid_parameter", bad
+
+
+def test_cpu_steps_run_in_at_most_cpu_workers_threads(codec, monkeypatch):
+    """Concurrent requests share a limiter of ``SSLIC_CPU_WORKERS`` threads (default: the CPUs available) and all
+    get their answer."""
+    monkeypatch.delenv("SSLIC_CPU_WORKERS", raising=False)
+    with TestClient(create_app(_settings(), codec=codec)) as default:
+        assert default.app.state.service.cpu_limiter.total_tokens == cpu_count() >= 1
+    monkeypatch.setenv("SSLIC_CPU_WORKERS", "1")
+    assert Settings().cpu_workers == 1
+    with pytest.raises(ValueError, match="cpu_workers"):
+        _settings(cpu_workers=-1)
+    body = _png((64, 64))
+    with TestClient(create_app(_settings(cpu_workers=1), codec=codec)) as one:
+        assert one.app.state.service.cpu_limiter.total_tokens == 1
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: one.post("/compress?level=2", content=body), range(8)))
+        assert [r.status_code for r in responses] == [200] * 8
+        assert len({r.content for r in responses}) == 1 and responses[0].content == codec.compress(body, 2)

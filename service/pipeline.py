@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import anyio.to_thread
@@ -62,12 +64,31 @@ class _Timer:
 _T = TypeVar("_T")
 
 
-def cpu_count() -> int:
-    """CPUs this process may run on (its affinity mask where the platform has one)."""
+def cpu_count(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (``cpu.max`` of cgroup v2,
+    ``cpu/cpu.cfs_quota_us`` of v1; a container's ``--cpus`` or a Kubernetes CPU limit), rounded up."""
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(count, math.ceil(quota))) if quota else count
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """CPUs the cgroup quota allows (quota / period), or ``None`` without a quota or a readable cgroup."""
+    try:
+        fields = (cgroup / "cpu.max").read_text().split()
+    except OSError:
+        try:
+            fields = [(cgroup / "cpu" / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+        except OSError:
+            return None
+    try:
+        quota, period = float(fields[0]), float(fields[1])
+    except (ValueError, IndexError):
+        return None  # "max": no quota
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -323,3 +323,21 @@ def test_cpu_steps_run_in_at_most_cpu_workers_threads(codec, monkeypatch):
             responses = list(pool.map(lambda _: one.post("/compress?level=2", content=body), range(8)))
         assert [r.status_code for r in responses] == [200] * 8
         assert len({r.content for r in responses}) == 1 and responses[0].content == codec.compress(body, 2)
+
+
+def test_cpu_count_follows_the_cgroup_quota(tmp_path):
+    affinity = cpu_count(tmp_path / "no-cgroup")
+    assert affinity >= 1
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: two threads
+    assert cpu_count(v2) == min(affinity, 2)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpu_count(v2) == affinity
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_count(v1) == 1
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_count(v1) == affinity

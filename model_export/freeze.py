@@ -243,8 +243,9 @@ def _quantile_edges(values: list[np.ndarray], buckets: int) -> np.ndarray:
     """Per channel, the ``buckets`` − 1 thresholds that split the values (list of (C, n) arrays) into about equal
     shares: int64 (C, buckets − 1)."""
     quantiles = np.linspace(0.0, 1.0, buckets + 1)[1:-1]
+    channels = values[0].shape[0]
     return np.stack([
-        np.quantile(np.concatenate([v[c] for v in values]), quantiles, method="lower") for c in range(values[0].shape[0])
+        np.quantile(np.concatenate([v[c] for v in values]), quantiles, method="lower") for c in range(channels)
     ]).astype(np.int64)
 
 

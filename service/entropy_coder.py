@@ -8,8 +8,8 @@ its value follows right after its channel's symbols: per escaped symbol a bit le
 first, raster order inside a bucket), each with its bucket's table, then its escapes in raster order. With
 the checkerboard (tables format 3, levels with spatial thresholds) a channel is coded in two such passes: its
 anchors ((i + j) even) table by table and their escapes, then the other positions, whose tables also depend
-on their four anchor neighbours, table by table and their escapes. Only the stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that
-every word of the payload was used.
+on their four anchor neighbours, table by table and their escapes. Only the stored integer tables are used,
+so a stream decodes the same on every machine. Decoding checks that every word of the payload was used.
 """
 
 from __future__ import annotations

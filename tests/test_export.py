@@ -114,7 +114,8 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
         export_model(model, tmp_path / "none", fit_dir=tmp_path / "no-such-folder")
     channel_only = export_model(model, tmp_path / "channel", fit_dir=small_image_dir, spatial_buckets=0)
     assert channel_only["entropy_coding"] == {"method": "channel-context", "buckets": 16, "clip": 255, "window": 3}
-    without, with_spatial = channel_only["tables_fitted_on"]["bits_per_symbol_context"], report["bits_per_symbol_context"]
+    without = channel_only["tables_fitted_on"]["bits_per_symbol_context"]
+    with_spatial = report["bits_per_symbol_context"]
     # level 1 keeps one pass; the others get the checkerboard (its gain is tested on busy symbols in test_freeze)
     assert with_spatial[0] == without[0] and all(s != c for s, c in zip(with_spatial[1:], without[1:]))
     one_table = export_model(model, tmp_path / "one", fit_dir=small_image_dir, context_buckets=0)

@@ -29,6 +29,9 @@ MAX_ABS_SYMBOL = 1 << 24
 _LENGTH_BITS = 32
 _CHUNK_BITS = 16
 _VECTOR_BUCKETS = 1 << 18
+# passes of a channel with at most this many symbols are coded in one constriction call with per-symbol
+# probabilities instead of one call per table (the same bytes; fewer calls on small planes)
+_PER_SYMBOL_MAX = 512
 # rate-distortion optimised rounding: squared latent error one bit is worth (0: plain rounding); chosen on val
 DEFAULT_RDOQ_LAMBDA = 0.1
 
@@ -153,16 +156,18 @@ class TableCoder:
         self.tables = tables
         total = float(1 << tables.precision)
         self._models = []
+        self._probabilities = []  # per channel (tables, length) float64: what the models were built from
+        # the same models with the probabilities given per symbol: the same quantisation, so the same bytes
+        self._per_symbol = constriction.stream.model.Categorical(perfect=False)
         for c in range(tables.channels):
             n = int(tables.lengths[c])
             if tables.context is None:
                 rows = [tables.cdf[c, : n + 1]]
             else:
                 rows = [tables.context_cdf[c, t, : n + 1] for t in range(tables.context.tables)]
-            self._models.append([
-                constriction.stream.model.Categorical(np.diff(row).astype(np.float64) / total, perfect=False)
-                for row in rows
-            ])
+            probabilities = np.stack([np.diff(row).astype(np.float64) / total for row in rows])
+            self._probabilities.append(probabilities)
+            self._models.append([constriction.stream.model.Categorical(p, perfect=False) for p in probabilities])
         self._length_model = constriction.stream.model.Uniform(_LENGTH_BITS)
         self._chunk_model = constriction.stream.model.Uniform(1 << _CHUNK_BITS)
         self._bits: list[np.ndarray] | None = None
@@ -231,16 +236,19 @@ class TableCoder:
                 state.add(c, out[c])
         return out.astype(np.int32)
 
-    def _grouped(self, table_ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-        """Order of positions by table (raster order inside a table) and (table, start, end) in that order of
-        every table that codes some of them."""
+    def _grouped(self, table_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]] | None]:
+        """Order of positions by table (raster order inside a table), their tables in that order, and (table,
+        start, end) of every table that codes some of them; ``None`` instead of the groups for a pass of at most
+        ``_PER_SYMBOL_MAX`` symbols, which is coded in one call with per-symbol probabilities."""
         if len(self._models[0]) <= 256:
             table_ids = table_ids.astype(np.uint8)  # a stable sort of bytes is a radix sort
+        order = np.argsort(table_ids, kind="stable")
+        if table_ids.size <= _PER_SYMBOL_MAX:
+            return order, table_ids[order], None
         sizes = np.bincount(table_ids, minlength=len(self._models[0]))
         ends = np.cumsum(sizes)
         used = np.flatnonzero(sizes)
-        return np.argsort(table_ids, kind="stable"), list(zip(used.tolist(), (ends[used] - sizes[used]).tolist(),
-                                                              ends[used].tolist()))
+        return order, table_ids[order], list(zip(used.tolist(), (ends[used] - sizes[used]).tolist(), ends[used].tolist()))
 
     def encode(self, symbols: np.ndarray) -> bytes:
         """Range-code integer symbols (C, H, W) (values are ``round(y − median)``)."""
@@ -274,9 +282,11 @@ class TableCoder:
                 if table_ids is None:
                     encoder.encode(coded, self._models[c][0])
                 else:
-                    order, groups = self._grouped(table_ids if positions is None else table_ids[positions])
+                    order, tables, groups = self._grouped(table_ids if positions is None else table_ids[positions])
                     coded = coded[order]
-                    for table, start, end in groups:
+                    if groups is None:
+                        encoder.encode(coded, self._per_symbol, self._probabilities[c][tables])
+                    for table, start, end in groups or ():
                         encoder.encode(coded[start:end], self._models[c][table])
                 if escaped.any():
                     self._encode_escapes(encoder, index[escaped], n - 1)
@@ -320,9 +330,12 @@ class TableCoder:
                         # the anchors' tables are their buckets; the others' need the anchors just decoded
                         table_ids = (context.table_ids(c, buckets, out[c].reshape(height, width)) if second_pass
                                      else buckets).reshape(-1)
-                        order, groups = self._grouped(table_ids if positions is None else table_ids[positions])
-                        in_order = np.empty(size_of_pass, dtype=np.int64)
-                        for table, start, end in groups:
+                        order, tables, groups = self._grouped(table_ids if positions is None else table_ids[positions])
+                        if groups is None:
+                            in_order = decoder.decode(self._per_symbol, self._probabilities[c][tables]).astype(np.int64)
+                        else:
+                            in_order = np.empty(size_of_pass, dtype=np.int64)
+                        for table, start, end in groups or ():
                             in_order[start:end] = decoder.decode(self._models[c][table], end - start)
                         index = np.empty(size_of_pass, dtype=np.int64)
                         index[order] = in_order

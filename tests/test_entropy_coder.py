@@ -302,6 +302,20 @@ def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(ma
     assert errors == sorted(errors)
 
 
+@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables])
+def test_per_symbol_probabilities_give_the_bytes_of_one_model_per_table(make_tables, monkeypatch):
+    """Small passes go to constriction in one call with per-symbol probabilities, larger ones table by table:
+    the same quantised models, so the same bytes either way."""
+    coder = TableCoder(make_tables(5))
+    symbols = _busy_symbols(np.random.default_rng(13), 5, 24, 20)
+    symbols[2, 3, 4] = 5_000  # an escape
+    monkeypatch.setattr("service.entropy_coder._PER_SYMBOL_MAX", 0)
+    per_table = coder.encode(symbols)
+    monkeypatch.setattr("service.entropy_coder._PER_SYMBOL_MAX", 10_000)
+    assert coder.encode(symbols) == per_table
+    np.testing.assert_array_equal(coder.decode(per_table, 24, 20), symbols)
+
+
 def test_rdo_rounding_follows_its_rule_on_a_single_symbol():
     coder = TableCoder(_laplace_tables(1))  # channel 0: scale 0.5, so 0 costs far fewer bits than ±1
     residual = np.full((1, 1, 1), 0.6)

@@ -221,6 +221,8 @@ class TableCoder:
         out = rounded.copy()
         passes = self._passes(height, width)
         for c in range(self.tables.channels):
+            if not rounded[c].any():
+                continue  # nothing to move, and zeros add nothing to the context of later channels
             buckets = state.buckets(c) if state is not None else np.zeros((height, width), dtype=np.int64)
             flat_residuals, flat_out = residuals[c].reshape(-1), out[c].reshape(-1)
             for second_pass, positions in enumerate(passes):

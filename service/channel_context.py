@@ -73,8 +73,7 @@ class ChannelContext:
         ids = buckets.astype(np.int64)
         if self.spatial_edges is None:
             return ids
-        spatial = bucket_of(self._neighbours(values), self.spatial_edges[channel])
-        return np.where(anchor_mask(*ids.shape), ids, self.buckets + ids * self.spatial_buckets + spatial)
+        return self._with_spatial(ids, bucket_of(self._neighbours(values), self.spatial_edges[channel]))
 
     def _neighbours(self, values: np.ndarray) -> np.ndarray:
         return neighbour_sum(np.minimum(np.abs(values.astype(np.int64)), self.clip))
@@ -98,8 +97,12 @@ class ChannelContext:
         ids = self.buckets_of(symbols).astype(np.int64)
         if self.spatial_edges is None:
             return ids
-        spatial = _count_edges(self._neighbours(symbols), self.spatial_edges).astype(np.int64)
-        return np.where(anchor_mask(*ids.shape[1:]), ids, self.buckets + ids * self.spatial_buckets + spatial)
+        return self._with_spatial(ids, _count_edges(self._neighbours(symbols), self.spatial_edges))
+
+    def _with_spatial(self, buckets: np.ndarray, spatial: np.ndarray) -> np.ndarray:
+        """Table ids (…, H, W): the bucket at the anchors, B + bucket · S + spatial bucket elsewhere."""
+        second_pass = self.buckets + buckets * self.spatial_buckets + spatial.astype(np.int64)
+        return np.where(anchor_mask(*buckets.shape[-2:]), buckets, second_pass)
 
 
 @dataclass

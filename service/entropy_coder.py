@@ -220,10 +220,11 @@ class TableCoder:
         state = context.start(height, width) if context is not None else None
         out = rounded.copy()
         passes = self._passes(height, width)
+        no_context = np.zeros((height, width), dtype=np.int64)
         for c in range(self.tables.channels):
             if not rounded[c].any():
                 continue  # nothing to move, and zeros add nothing to the context of later channels
-            buckets = state.buckets(c) if state is not None else np.zeros((height, width), dtype=np.int64)
+            buckets = state.buckets(c) if state is not None else no_context
             flat_residuals, flat_out = residuals[c].reshape(-1), out[c].reshape(-1)
             for second_pass, positions in enumerate(passes):
                 table_ids = (context.table_ids(c, buckets, out[c]) if second_pass else buckets).reshape(-1)
@@ -288,8 +289,9 @@ class TableCoder:
                     coded = coded[order]
                     if groups is None:
                         encoder.encode(coded, self._per_symbol, self._probabilities[c][tables])
-                    for table, start, end in groups or ():
-                        encoder.encode(coded[start:end], self._models[c][table])
+                    else:
+                        for table, start, end in groups:
+                            encoder.encode(coded[start:end], self._models[c][table])
                 if escaped.any():
                     self._encode_escapes(encoder, index[escaped], n - 1)
         return encoder.get_compressed().astype("<u4").tobytes()
@@ -337,8 +339,8 @@ class TableCoder:
                             in_order = decoder.decode(self._per_symbol, self._probabilities[c][tables]).astype(np.int64)
                         else:
                             in_order = np.empty(size_of_pass, dtype=np.int64)
-                        for table, start, end in groups or ():
-                            in_order[start:end] = decoder.decode(self._models[c][table], end - start)
+                            for table, start, end in groups:
+                                in_order[start:end] = decoder.decode(self._models[c][table], end - start)
                         index = np.empty(size_of_pass, dtype=np.int64)
                         index[order] = in_order
                     escaped = index == n - 1

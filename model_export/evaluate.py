@@ -116,19 +116,22 @@ def _model_line(model: dict) -> str:
         coding += f", checkerboard of {max(spatial)} spatial buckets at levels " + ", ".join(
             str(level) for level, buckets in enumerate(spatial, start=1) if buckets)
     lambdas = " / ".join(f"{v:g}" for v in model.get("rdoq_lambda", []))
-    return f"{model['model_id']} (entropy coding: {coding}; RDO rounding λ per level: {lambdas or 'n/a'})"
+    refine = model.get("refine_steps", 0)
+    refinement = f"; latent refinement: {refine} steps per level" if refine else ""
+    return f"{model['model_id']} (entropy coding: {coding}; RDO rounding λ per level: {lambdas or 'n/a'}{refinement})"
 
 
-def load_runtime_codec(model_dir: Path, rdoq_lambda: list[float] | None = None):
+def load_runtime_codec(model_dir: Path, rdoq_lambda: list[float] | None = None, refine_steps: int = 0):
     """The torch-free runtime codec of ``model_dir`` (RDO rounding λ as ``Codec``: ``None`` is the service's
-    default); SystemExit with a clear message when it cannot be loaded."""
+    default; ``refine_steps`` of latent refinement per level); SystemExit with a clear message when it cannot be
+    loaded."""
     manifest = model_dir / "manifest.json"
     if not manifest.is_file():
         raise SystemExit(
             f"{manifest} not found: export the model to {model_dir} first, or run with --baselines-only"
         )
     try:
-        return Codec.from_dir(str(model_dir), threads=2, rdoq_lambda=rdoq_lambda)
+        return Codec.from_dir(str(model_dir), threads=2, rdoq_lambda=rdoq_lambda, refine_steps=refine_steps)
     except InvalidParameter as error:
         raise SystemExit(f"evaluate: {error.detail}") from error
 
@@ -447,6 +450,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--baselines-only", action="store_true", help="skip the sslic runtime codec")
     parser.add_argument("--rdoq", type=lambda text: [float(v) for v in text.split(",")], default=None,
                         metavar="LAMBDA", help="RDO rounding λ, one or one per level (default: the service's)")
+    parser.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                        help="latent refinement steps per level when compressing (default 0: none)")
     parser.add_argument("--torch-checkpoint", type=Path, default=None,
                         help="also evaluate this PyTorch checkpoint (estimated bpp) as a side check")
     return parser.parse_args(argv)
@@ -457,7 +462,7 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] = pr
     for quality in [*args.jpeg_qualities, *args.webp_qualities]:
         if not 0 <= quality <= 100:
             raise SystemExit(f"quality {quality} outside 0..100")
-    codec = None if args.baselines_only else load_runtime_codec(args.model_dir, args.rdoq)
+    codec = None if args.baselines_only else load_runtime_codec(args.model_dir, args.rdoq, args.refine)
     dataset = ImageSet.from_dir(args.data, args.limit)
     anchors = load_anchors(args.anchors) if args.anchors.is_file() else {}
     progress(f"{len(dataset.names)} images from {args.data}")
@@ -474,7 +479,7 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] = pr
         report["model"] = {"model_id": codec.model_id, "levels": codec.levels,
                            "model_dir": display_path(args.model_dir),
                            "entropy_coding": codec.model.manifest.get("entropy_coding", {"method": "factorized"}),
-                           "rdoq_lambda": list(codec.rdoq_per_level)}
+                           "rdoq_lambda": list(codec.rdoq_per_level), "refine_steps": codec.refine_steps}
         points, check = evaluate_runtime_codec(codec, dataset, progress)
         report["codecs"]["sslic"] = {"label": CODEC_LABELS["sslic"], "setting": "level", "points": points}
         report["extract_check"] = check

@@ -42,7 +42,9 @@ from torch import Tensor, nn
 from service.model import file_sha256, model_id_for
 
 from .checkpoint import load_codec_checkpoint
+from .config import LossConfig
 from .decoder import use_subpixel_upsampling
+from .decoder_gradient import DecoderGradient
 from .data import ImageSet
 from .freeze import (DEFAULT_CONTEXT_BUCKETS, DEFAULT_PRECISION, DEFAULT_PRIOR_WEIGHT, DEFAULT_SPATIAL_BUCKETS,
                      FrozenTables, context_bits, count_bits, fit_context_tables, fit_tables, freeze_bottleneck,
@@ -88,25 +90,60 @@ def _set_export_mode(model: SSLIC) -> None:
             module.use_sdpa = False
 
 
-def _to_onnx(module: nn.Module, example: Tensor, input_name: str, output_names: list[str]) -> onnx.ModelProto:
-    dynamic = {input_name: {0: "batch", 2: "height", 3: "width"}}
-    for name in output_names:
+def _to_onnx(module: nn.Module, example: Tensor | tuple[Tensor, ...], input_name: str | list[str],
+             output_names: list[str], fold_constants: bool = True) -> onnx.ModelProto:
+    examples = example if isinstance(example, tuple) else (example,)
+    input_names = [input_name] if isinstance(input_name, str) else input_name
+    dynamic: dict[str, dict[int, str]] = {}
+    for name in input_names:
         dynamic[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
+    if len(input_names) == 1:
+        dynamic[input_names[0]] = {0: "batch", 2: "height", 3: "width"}
+    for name in output_names:
+        dynamic[name] = {0: "batch"} if name == "squared_error" else {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
-            (example,),
+            examples,
             buffer,
-            input_names=[input_name],
+            input_names=input_names,
             output_names=output_names,
             dynamic_axes=dynamic,
             opset_version=OPSET,
-            do_constant_folding=True,
+            do_constant_folding=fold_constants,
             dynamo=False,
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _gradient_name(level: int) -> str:
+    return f"decoder_gradient_level{level}.onnx"
+
+
+def _gradient_graphs(deployed: SSLIC, latents: list[Tensor], example: Tensor) -> dict[str, onnx.ModelProto]:
+    """Per level, (ŷ, target, weight) → (Σ weight·(x̂ − target)², its gradient in ŷ), for latent refinement.
+    Not constant-folded: the flipped kernels of the adjoint stay operations on the decoder's own initializers, so
+    ``weights.bin`` holds those once and ONNX Runtime folds them when it loads the graph."""
+    weight = torch.ones_like(example[:, :1])
+    return {
+        _gradient_name(level): _to_onnx(
+            DecoderGradient(deployed.decoder, level), (latents[level - 1], example, weight),
+            ["latent", "target", "weight"], ["squared_error", "latent_gradient"], fold_constants=False,
+        )
+        for level in range(1, deployed.levels + 1)
+    }
+
+
+def _mse_per_bpp(summary: dict, levels: int) -> list[float]:
+    """Each level's training trade-off αᵢ/γᵢ (MSE on [0, 1] images per bit per pixel), from the training
+    config in ``summary`` (the config defaults without one): the refinement's rate-distortion weights."""
+    loss = summary.get("config", {}).get("loss") or dataclasses.asdict(LossConfig())
+    alpha, gamma = loss["alpha"], loss["gamma"]
+    if len(alpha) != levels or len(gamma) != levels:
+        raise ValueError(f"the training loss has {len(alpha)} weights for a {levels}-level model")
+    return [float(a) / float(g) for a, g in zip(alpha, gamma)]
 
 
 def _exact_in_fp16(array: np.ndarray) -> bool:
@@ -238,11 +275,14 @@ def export_model(
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
     context_buckets: int = DEFAULT_CONTEXT_BUCKETS,
     spatial_buckets: int | list[int] | None = None,
+    refinement: bool = True,
 ) -> dict:
     """Write the artifact folder for ``model`` and return its manifest; with ``fit_dir`` the entropy tables
     are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`) and given a channel
     context of ``context_buckets`` tables per channel and ``spatial_buckets`` checkerboard buckets per level
-    (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`)."""
+    (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`). ``refinement`` adds
+    the decoder-gradient graphs the encoder's latent refinement runs (outside the model id: they cannot change
+    what a stream decodes to)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _set_export_mode(model)
@@ -263,13 +303,16 @@ def export_model(
             _DecoderGraph(deployed, level), latents[level - 1], "latent", ["image"]
         )
 
+    refinement = refinement and deployed.decoder.trunk.attention is None  # no adjoint for decoder attention
+    gradient_graphs = _gradient_graphs(deployed, latents, example) if refinement else {}
+
     weights = _SharedWeights()
-    for proto in graphs.values():
+    for proto in [*graphs.values(), *gradient_graphs.values()]:
         _store_fp16(proto.graph)
         weights.externalize(proto.graph)
         proto.producer_name = "sslic.model_export"
     (out / WEIGHTS_FILE).write_bytes(bytes(weights.buffer))
-    for name, proto in graphs.items():
+    for name, proto in [*graphs.items(), *gradient_graphs.items()]:
         (out / name).write_bytes(proto.SerializeToString())
         onnx.checker.check_model(str(out / name), full_check=True)
 
@@ -311,6 +354,12 @@ def export_model(
         "val": summary.get("val"),
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__},
     }
+    if gradient_graphs:
+        manifest["refinement"] = {
+            "decoder_gradients": {str(level): _gradient_name(level) for level in range(1, levels + 1)},
+            "mse_per_bpp": _mse_per_bpp(summary, levels),
+            "files": {name: file_sha256(out / name) for name in sorted(gradient_graphs)},
+        }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -337,16 +386,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spatial-buckets", type=_spatial_buckets, default=None, metavar="S[,S…]",
                         help="with --context-buckets: checkerboard buckets, one number for every level or one per "
                              f"level, 0 for none (default {DEFAULT_SPATIAL_BUCKETS} at every level but the coarsest)")
+    parser.add_argument("--no-refinement", action="store_true",
+                        help="leave out the decoder-gradient graphs of the encoder's latent refinement")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model, _config, summary = load_codec_checkpoint(args.checkpoint)
     try:
         manifest = export_model(model, args.out_dir, summary=summary, precision=args.precision,
                                 fit_dir=args.fit_tables, prior_weight=args.prior_weight,
-                                context_buckets=args.context_buckets, spatial_buckets=args.spatial_buckets)
+                                context_buckets=args.context_buckets, spatial_buckets=args.spatial_buckets,
+                                refinement=not args.no_refinement)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"export: {exc}") from exc
-    size = sum((Path(args.out_dir) / name).stat().st_size for name in manifest["files"])
+    names = [*manifest["files"], *manifest.get("refinement", {}).get("files", {})]
+    size = sum((Path(args.out_dir) / name).stat().st_size for name in names)
     print(f"wrote {args.out_dir}: model id {manifest['model_id']}, {manifest['levels']} levels, {size / 1e6:.1f} MB")
 
 

@@ -28,6 +28,7 @@ from .errors import (
     InvalidParameter,
     LevelNotInStream,
     ModelLoadError,
+    RefinementTimeout,
     SslicError,
     UnknownModel,
     UnsupportedImageType,
@@ -50,6 +51,7 @@ STATUS_BY_ERROR: list[tuple[type[SslicError], int]] = [
     (UnknownModel, 409),
     (QueueFull, 429),
     (QueueTimeout, 503),
+    (RefinementTimeout, 503),
     (NotReady, 503),
     (ModelLoadError, 503),
     (ImageError, 422),
@@ -91,11 +93,12 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
                 settings.max_pixels,
                 settings.tile_size,
                 settings.rdoq_lambda,
+                settings.refine_steps,
             )
-        elif (loaded.max_pixels, loaded.rdoq_per_level) != (
-            settings.max_pixels, rdoq_lambdas(settings.rdoq_lambda, loaded.levels)
+        elif (loaded.max_pixels, loaded.rdoq_per_level, loaded.refine_steps) != (
+            settings.max_pixels, rdoq_lambdas(settings.rdoq_lambda, loaded.levels), settings.refine_steps
         ):
-            loaded = Codec(loaded.model, settings.max_pixels, settings.rdoq_lambda)
+            loaded = Codec(loaded.model, settings.max_pixels, settings.rdoq_lambda, settings.refine_steps)
         service = CodecService(loaded, settings, metrics)
         metrics.model_info.info(
             {

@@ -16,6 +16,7 @@ from .codec import DEFAULT_MAX_PIXELS, Codec
 from .entropy_coder import DEFAULT_RDOQ_LAMBDA
 from .errors import InvalidParameter, ModelLoadError, SslicError
 from .imageio import OUTPUT_FORMATS, encode_image
+from .refine import MAX_REFINE_STEPS
 
 __all__ = ["main"]
 
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"rate-distortion optimised rounding: the squared latent error one bit is worth, one number for every "
              f"level or a comma list, one per level (0: plain rounding; larger: fewer bytes, lower quality; default "
              f"{DEFAULT_RDOQ_LAMBDA} below the finest level, 0 at it)",
+    )
+    compress.add_argument(
+        "--refine", type=int, default=0, metavar="STEPS",
+        help=f"latent refinement: STEPS gradient steps through the decoder per level before rounding, 0..{MAX_REFINE_STEPS} "
+             "(slower; smaller files at the same quality; default 0)",
     )
 
     decompress = commands.add_parser("decompress", help="sslic container → image")
@@ -99,7 +105,7 @@ def _output_format(path: str) -> str:
 def _codec(args: argparse.Namespace) -> Codec:
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     return Codec.from_dir(args.model_dir, providers=providers, threads=args.threads, max_pixels=args.max_pixels,
-                          rdoq_lambda=getattr(args, "rdoq", None))
+                          rdoq_lambda=getattr(args, "rdoq", None), refine_steps=getattr(args, "refine", 0))
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from .entropy_coder import DEFAULT_RDOQ_LAMBDA
 from .errors import CorruptStream, ImageTooLarge, InvalidParameter, UnknownModel
 from .imageio import InputImage, from_pil, read_image, to_pil
 from .model import LoadedModel, default_model_dir, load_model
+from .refine import Refinement, refine_latent
 
 __all__ = ["Codec", "parse_levels", "rdoq_lambdas", "DEFAULT_MAX_PIXELS", "pad_image", "to_uint8"]
 
@@ -87,9 +88,11 @@ class Codec:
     model: LoadedModel
     max_pixels: int = DEFAULT_MAX_PIXELS
     rdoq_lambda: float | Sequence[float] | None = None
+    refine_steps: int = 0
 
     def __post_init__(self) -> None:
         self.rdoq_per_level = rdoq_lambdas(self.rdoq_lambda, self.model.levels)
+        Refinement(self.refine_steps)  # validates
 
     @classmethod
     def from_dir(
@@ -100,11 +103,12 @@ class Codec:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         tile_size: int = 1024,
         rdoq_lambda: float | Sequence[float] | None = None,
+        refine_steps: int = 0,
     ) -> "Codec":
         model = load_model(
             directory or default_model_dir(), providers=providers, intra_op_threads=threads, tile_size=tile_size
         )
-        return cls(model, max_pixels, rdoq_lambda)
+        return cls(model, max_pixels, rdoq_lambda, refine_steps)
 
     @property
     def levels(self) -> int:
@@ -125,10 +129,27 @@ class Codec:
             return self.load_image(from_pil(image))
         return read_image(bytes(image), self.max_pixels)
 
-    def symbols(self, image: InputImage, levels: Sequence[int]) -> dict[int, np.ndarray]:
-        """Integer latent symbols (C, h, w) of each requested level (:meth:`quantize`)."""
-        latents = self.model.encode_latents(pad_image(image.rgb, self.model.padding_multiple)[None])
-        return {level: self.quantize(level, latents[level - 1][0]) for level in levels}
+    def symbols(self, image: InputImage, levels: Sequence[int], refine_steps: int | None = None
+                ) -> dict[int, np.ndarray]:
+        """Integer latent symbols (C, h, w) of each requested level (:meth:`quantize`), the latents refined by
+        ``refine_steps`` gradient steps first (:meth:`refine`; default: the codec's ``refine_steps``)."""
+        if refine_steps is None:
+            refine_steps = self.refine_steps
+        padded = pad_image(image.rgb, self.model.padding_multiple)
+        latents = self.model.encode_latents(padded[None])
+        return {
+            level: self.quantize(level, self.refine(level, padded, image, latents[level - 1][0], refine_steps))
+            for level in levels
+        }
+
+    def refine(self, level: int, padded: np.ndarray, image: InputImage, latent: np.ndarray, steps: int,
+               deadline: float | None = None) -> np.ndarray:
+        """``latent`` (C, h, w) of ``level`` after ``steps`` steps of latent refinement for the padded image
+        (``service.refine``); stops with :class:`RefinementTimeout` once ``deadline`` (time.monotonic) passes."""
+        if steps == 0:
+            return latent
+        return refine_latent(self.model, level, padded[None], image.height, image.width, latent,
+                             Refinement(steps), deadline)
 
     def quantize(self, level: int, latent: np.ndarray, rdoq_lambda: float | None = None) -> np.ndarray:
         """Encoder output (C, h, w) of ``level`` → int32 symbols: ``round(y − median)``, each moved one step
@@ -153,11 +174,13 @@ class Codec:
             alpha = zlib.compress(np.ascontiguousarray(image.alpha, dtype=np.uint8).tobytes(), 9)
         return pack(Container(self.model_id, image.width, image.height, image.mode, tuple(streams), alpha))
 
-    def compress(self, image: bytes | Image.Image | InputImage, levels: str | int | Iterable[int] | None = None) -> bytes:
-        """One container holding every requested level (default: the finest)."""
+    def compress(self, image: bytes | Image.Image | InputImage, levels: str | int | Iterable[int] | None = None,
+                 refine_steps: int | None = None) -> bytes:
+        """One container holding every requested level (default: the finest); ``refine_steps`` of latent
+        refinement per level (slower, smaller at the same quality; 0: none; default: the codec's)."""
         wanted = parse_levels(levels, self.levels)
         loaded = self.load_image(image)
-        return self.container_from_symbols(loaded, self.symbols(loaded, wanted))
+        return self.container_from_symbols(loaded, self.symbols(loaded, wanted, refine_steps))
 
     # -- decompression ----------------------------------------------------------------------------------
     def parse(self, data: bytes) -> Container:

@@ -171,6 +171,7 @@ class TableCoder:
         self._length_model = constriction.stream.model.Uniform(_LENGTH_BITS)
         self._chunk_model = constriction.stream.model.Uniform(1 << _CHUNK_BITS)
         self._bits: list[np.ndarray] | None = None
+        self._padded_bits: np.ndarray | None = None
 
     @property
     def _checkerboard(self) -> bool:
@@ -200,6 +201,27 @@ class TableCoder:
         escape = int(self.tables.lengths[channel]) - 1
         index, escaped = self._table_index(channel, symbols)
         bits = self._bits[channel][table_ids, np.where(escaped, escape, index)]
+        if escaped.any():
+            raw = np.where(escaped, _escape_value(index, escape), 0)
+            chunks = np.ceil(np.log2(raw.astype(np.float64) + 1.0) / _CHUNK_BITS)
+            bits = bits + np.where(escaped, np.log2(_LENGTH_BITS) + _CHUNK_BITS * chunks, 0.0)
+        return bits
+
+    def bit_costs(self, table_ids: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        """Bits (C, H, W) of every symbol of ``symbols`` (C, H, W) under the table ``table_ids`` (C, H, W) gives
+        it (escapes with their payload): :meth:`_symbol_bits` for a whole level at once."""
+        if self._padded_bits is None:
+            self._symbol_bits(0, 0, np.zeros(1, dtype=np.int64))
+            longest = max(bits.shape[1] for bits in self._bits)
+            padded = np.zeros((self.tables.channels, self._bits[0].shape[0], longest))
+            for c, bits in enumerate(self._bits):
+                padded[c, :, : bits.shape[1]] = bits
+            self._padded_bits = padded
+        escape = self.tables.lengths.astype(np.int64)[:, None, None] - 1
+        index = symbols.astype(np.int64) - self.tables.offsets.astype(np.int64)[:, None, None]
+        escaped = (index < 0) | (index >= escape)
+        channels = np.arange(self.tables.channels)[:, None, None]
+        bits = self._padded_bits[channels, table_ids, np.where(escaped, escape, index)]
         if escaped.any():
             raw = np.where(escaped, _escape_value(index, escape), 0)
             chunks = np.ceil(np.log2(raw.astype(np.float64) + 1.0) / _CHUNK_BITS)

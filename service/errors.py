@@ -6,6 +6,8 @@ from __future__ import annotations
 __all__ = [
     "SslicError",
     "InvalidParameter",
+    "RefinementUnavailable",
+    "RefinementTimeout",
     "ImageError",
     "UnsupportedImageType",
     "UndecodableImage",
@@ -37,6 +39,18 @@ class InvalidParameter(SslicError):
     """A caller-supplied parameter (level list, option) is malformed or out of range."""
 
     code = "invalid_parameter"
+
+
+class RefinementUnavailable(InvalidParameter):
+    """Latent refinement was asked of a model folder exported without its decoder-gradient graphs."""
+
+    code = "refinement_unavailable"
+
+
+class RefinementTimeout(SslicError):
+    """Latent refinement ran past the request's time limit (fewer steps, or a smaller image, fit)."""
+
+    code = "refinement_timeout"
 
 
 class ImageError(SslicError):

@@ -10,7 +10,7 @@ disable_created_metrics()  # no *_created series: they double the output and say
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BPP_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
-STAGES = ("decode_input", "encoder", "range_coding", "decoder", "encode_output")
+STAGES = ("decode_input", "encoder", "refinement", "range_coding", "decoder", "encode_output")
 
 
 class Metrics:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from .entropy_coder import LevelTables, TableCoder, load_tables
-from .errors import ModelLoadError
+from .errors import ModelLoadError, RefinementUnavailable
 
 __all__ = ["LoadedModel", "Tiling", "load_model", "resolve_providers", "default_model_dir", "file_sha256", "model_id_for"]
 
@@ -108,6 +109,9 @@ class LoadedModel:
     coders: list[TableCoder]
     providers: list[str]
     tiling: Tiling = Tiling()
+    session_options: ort.SessionOptions | None = None
+    _gradients: dict[int, ort.InferenceSession] = field(default_factory=dict, repr=False)
+    _gradients_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def model_id(self) -> str:
@@ -128,6 +132,51 @@ class LoadedModel:
     @property
     def latent_channels(self) -> list[int]:
         return [int(c) for c in self.manifest["latent_channels"]]
+
+    @property
+    def refinement(self) -> dict | None:
+        """The manifest's ``refinement`` section (decoder-gradient graphs, rate-distortion weights), if any."""
+        return self.manifest.get("refinement")
+
+    def _gradient_session(self, level: int) -> ort.InferenceSession:
+        """Level ``level``'s decoder-gradient graph, loaded on first use (most requests never refine)."""
+        if self.refinement is None:
+            raise RefinementUnavailable(f"the model {self.model_id} has no decoder-gradient graphs")
+        with self._gradients_lock:
+            if level not in self._gradients:
+                path = self.directory / self.refinement["decoder_gradients"][str(level)]
+                try:
+                    self._gradients[level] = ort.InferenceSession(str(path), self.session_options, providers=self.providers)
+                except Exception as error:  # onnxruntime raises its own exception types
+                    raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {error}") from error
+            return self._gradients[level]
+
+    def decoder_gradient(self, level: int, latent: np.ndarray, target: np.ndarray, weight: np.ndarray
+                         ) -> tuple[float, np.ndarray]:
+        """Σ weight · (clamp(x̂, 0, 1) − target)² of ŷ = ``latent`` (1, C, h, w) decoded at ``level``, and its
+        gradient in ŷ; ``target`` (1, 3, H, W) and ``weight`` (1, 1, H, W) are the padded image and its pixel
+        weights. Large images run as tiles whose cores partition the image: the sums of the tiles' errors and
+        gradients are exact, since each tile's margin covers the decoder's receptive field."""
+        session = self._gradient_session(level)
+        stride = self.strides[level - 1]
+        height, width = target.shape[2:]
+        if height * width <= self.tiling.threshold_pixels:
+            error, gradient = session.run(None, {"latent": latent, "target": target, "weight": weight})
+            return float(error[0]), gradient
+        total = 0.0
+        gradient = np.zeros_like(latent)
+        for (y0, y1, x0, x1), (iy0, iy1, ix0, ix1) in self.tiling.tiles(height, width, self.padding_multiple):
+            core = np.zeros((1, 1, iy1 - iy0, ix1 - ix0), np.float32)
+            core[:, :, y0 - iy0 : y1 - iy0, x0 - ix0 : x1 - ix0] = weight[:, :, y0:y1, x0:x1]
+            rows, cols = slice(iy0 // stride, iy1 // stride), slice(ix0 // stride, ix1 // stride)
+            error, part = session.run(None, {
+                "latent": np.ascontiguousarray(latent[:, :, rows, cols]),
+                "target": np.ascontiguousarray(target[:, :, iy0:iy1, ix0:ix1]),
+                "weight": core,
+            })
+            total += float(error[0])
+            gradient[:, :, rows, cols] += part
+        return total, gradient
 
     def latent_shape(self, level: int, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of level ``level``'s latent for an image of ``height`` × ``width`` pixels."""
@@ -208,6 +257,7 @@ def load_model(
             raise ModelLoadError(f"{directory}: {name} does not match its sha256 in the manifest")
     if model_id_for(files) != manifest.get("model_id"):
         raise ModelLoadError(f"{directory}: the model id does not match the file hashes")
+    _check_refinement(directory, manifest, verify_hashes)
 
     chosen = resolve_providers(providers)
     options = ort.SessionOptions()
@@ -229,4 +279,25 @@ def load_model(
     if tile_size < multiple or tile_size % multiple:
         raise ModelLoadError(f"tile size must be a positive multiple of {multiple}, got {tile_size}")
     tiling = Tiling(core=tile_size, margin=-(-Tiling.margin // multiple) * multiple)
-    return LoadedModel(directory, manifest, encoder, decoders, tables, coders, encoder.get_providers(), tiling)
+    return LoadedModel(directory, manifest, encoder, decoders, tables, coders, encoder.get_providers(), tiling, options)
+
+
+def _check_refinement(directory: Path, manifest: dict, verify_hashes: bool) -> None:
+    """The optional ``refinement`` section: a gradient graph per level and rate-distortion weights, its files
+    present and matching their hashes (they are outside the model id: they cannot change what a stream decodes
+    to)."""
+    refinement = manifest.get("refinement")
+    if refinement is None:
+        return
+    levels = int(manifest["levels"])
+    graphs, weights, files = (refinement.get(key) for key in ("decoder_gradients", "mse_per_bpp", "files"))
+    if (not isinstance(graphs, dict) or sorted(graphs) != sorted(str(level) for level in range(1, levels + 1))
+            or not isinstance(weights, list) or len(weights) != levels or not isinstance(files, dict)
+            or any(not isinstance(w, (int, float)) or not w > 0 for w in weights)):
+        raise ModelLoadError(f"{directory}: the manifest's refinement section is malformed")
+    for name in graphs.values():
+        path = directory / name
+        if name not in files or not path.is_file():
+            raise ModelLoadError(f"{directory}: missing {name}")
+        if verify_hashes and file_sha256(path) != files[name]:
+            raise ModelLoadError(f"{directory}: {name} does not match its sha256 in the manifest")

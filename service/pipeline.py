@@ -23,6 +23,7 @@ from .codec import Codec, pad_image, parse_levels, to_uint8
 from .errors import InvalidParameter, SslicError
 from .imageio import InputImage, encode_image, to_pil
 from .metrics import Metrics
+from .refine import Refinement
 from .settings import Settings
 
 __all__ = ["CodecService", "CompressResult", "TargetUnreachable", "MEDIA_TYPES", "cpu_count"]
@@ -160,10 +161,13 @@ class CodecService:
         target_bpp: float | None = None,
         target_psnr: float | None = None,
         rdoq: tuple[float, ...] | None = None,
+        refine: int | None = None,
     ) -> CompressResult:
-        """``rdoq``: the RDO rounding λ per level for this request (default: the service's)."""
+        """``rdoq``: the RDO rounding λ per level for this request (default: the service's); ``refine``: latent
+        refinement steps per level (default: the service's, ``SSLIC_REFINE_STEPS``)."""
         deadline = self._deadline()
         per_level = rdoq if rdoq is not None else self.codec.rdoq_per_level
+        steps = Refinement(refine if refine is not None else self.codec.refine_steps).steps
         if sum(x is not None for x in (level, target_bpp, target_psnr)) > 1:
             raise InvalidParameter("give at most one of level, target_bpp and target_psnr")
         if target_bpp is not None and not target_bpp > 0:
@@ -178,6 +182,12 @@ class CodecService:
             image = await self._on_cpu(self.codec.load_image, body)
         padded = await self._on_cpu(pad_image, image.rgb, self.codec.model.padding_multiple)
         latents = await self._model(("encoder", padded.shape[1], padded.shape[2]), padded, deadline)
+        if steps:
+            with _Timer(self.metrics, "refinement"):
+                latents = await self._on_cpu(
+                    lambda: [self.codec.refine(lv, padded, image, latent, steps, deadline) if lv in levels else latent
+                             for lv, latent in enumerate(latents, start=1)]
+                )
         with _Timer(self.metrics, "range_coding"):
             symbols = await self._on_cpu(
                 lambda: {lv: self.codec.quantize(lv, latents[lv - 1], per_level[lv - 1]) for lv in levels}

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .codec import DEFAULT_MAX_PIXELS
 from .entropy_coder import DEFAULT_RDOQ_LAMBDA
 from .imageio import DEFAULT_PNG_LEVEL
+from .refine import MAX_REFINE_STEPS
 
 __all__ = ["Settings"]
 
@@ -41,6 +42,11 @@ class Settings(BaseSettings):
         description=f"rate-distortion optimised rounding when compressing: the squared latent error one bit is worth, "
         f"one number for every level or a comma list with one per level (0: plain rounding); default "
         f"{DEFAULT_RDOQ_LAMBDA} for every level but the finest, which keeps plain rounding",
+    )
+    refine_steps: int = Field(
+        0, ge=0, le=MAX_REFINE_STEPS,
+        description="latent refinement steps per level when a compress request gives none (0: none): each step "
+        "runs the level's decoder and its gradient, so it is slow; smaller files at the same quality",
     )
     cpu_workers: int = Field(
         0, ge=0, le=256,

@@ -101,3 +101,14 @@ def test_exit_codes_and_messages(tmp_path):
 
     result = run("nonsense-command")
     assert result.returncode == 2
+
+
+def test_refine_option(tmp_path, codec, capsys):
+    source = tmp_path / "crop.png"
+    with Image.open(KODAK_IMAGES[0]) as image:
+        image.convert("RGB").crop((0, 0, 96, 64)).save(source)
+    refined = tmp_path / "refined.sslc"
+    assert main(["--threads", "2", "compress", str(source), str(refined), "--level", "1", "--refine", "3"]) == 0
+    assert refined.read_bytes() == codec.compress(source.read_bytes(), 1, refine_steps=3)
+    assert main(["compress", str(source), str(tmp_path / "x.sslc"), "--refine", "999"]) == EXIT_BAD_INPUT
+    assert "refinement steps must be an integer 0..200" in capsys.readouterr().err

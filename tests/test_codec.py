@@ -265,3 +265,62 @@ def test_rdo_lambdas_per_level_and_their_errors(codec):
     for bad in ([0.1, 0.2], [-1.0], [float("nan")], 101.0):
         with pytest.raises(InvalidParameter):
             Codec(codec.model, rdoq_lambda=bad)
+
+
+def _rd_cost(codec: Codec, image: Image.Image, level: int, refine_steps: int) -> tuple[float, float, float, bytes]:
+    """(D + R / λ, bpp, PSNR, container) of ``image`` at ``level``, from the real container and its decoding."""
+    container = codec.compress(image, level, refine_steps=refine_steps)
+    original = np.asarray(image, dtype=np.float64) / 255.0
+    decoded = np.asarray(codec.decompress(container), dtype=np.float64) / 255.0
+    mse = float(np.mean((decoded - original) ** 2))
+    bpp = len(container) * 8 / (image.width * image.height)
+    lam = codec.model.refinement["mse_per_bpp"][level - 1]
+    return mse + bpp / lam, bpp, 10 * np.log10(1.0 / mse), container
+
+
+@pytest.mark.parametrize("level", [2, 4])
+def test_latent_refinement_lowers_the_rate_distortion_cost_of_a_real_image(codec, level):
+    """Refinement minimises D + R/λ through the decoder: on a val crop the real container and its decoding cost
+    less than without it, the stream decodes with the plain decoder, and the result is deterministic."""
+    image = _photo((256, 192))
+    plain_cost, plain_bpp, plain_psnr, _ = _rd_cost(codec, image, level, 0)
+    cost, bpp, psnr, container = _rd_cost(codec, image, level, 12)
+    assert cost < 0.97 * plain_cost
+    assert 0.7 * plain_bpp < bpp < 1.3 * plain_bpp and psnr > plain_psnr - 0.3
+    assert codec.compress(image, level, refine_steps=12) == container
+    assert codec.decompress(container).size == image.size
+
+
+def test_refinement_steps_are_validated_and_time_limited(codec):
+    from service.errors import RefinementTimeout
+    from service.refine import MAX_REFINE_STEPS, Refinement, refine_latent
+
+    for bad in (-1, MAX_REFINE_STEPS + 1, 2.5, "3"):
+        with pytest.raises(InvalidParameter, match="refinement steps"):
+            Codec(codec.model, refine_steps=bad)
+    loaded = codec.load_image(_photo((64, 64)))
+    padded = pad_image(loaded.rgb, codec.model.padding_multiple)
+    latent = codec.model.encode_latents(padded[None])[0][0]
+    with pytest.raises(RefinementTimeout, match="stopped after 0 of 5 steps"):
+        refine_latent(codec.model, 1, padded[None], 64, 64, latent, Refinement(5), deadline=0.0)
+    assert Codec(codec.model, refine_steps=3).compress(loaded, 1) == codec.compress(loaded, 1, refine_steps=3)
+
+
+def test_tiled_decoder_gradient_equals_untiled(codec):
+    """On large images the refinement's gradient runs tile by tile; the tiles' cores partition the image and
+    their margins cover the decoder's receptive field, so the sums equal the untiled run."""
+    import dataclasses
+
+    from service.model import Tiling
+
+    tiles = [np.asarray(Image.open(KODAK / f"kodim{i:02d}.png").convert("RGB"))[:512, :576] for i in (1, 2, 3, 5)]
+    mosaic = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)  # 1024 × 1152
+    padded = pad_image(mosaic, codec.model.padding_multiple)[None]
+    latent = codec.model.encode_latents(padded)[1]
+    weight = np.ones((1, 1, *padded.shape[2:]), np.float32)
+    small_tiles = dataclasses.replace(codec.model, tiling=Tiling(core=384, margin=320))
+    assert padded.shape[2] * padded.shape[3] > small_tiles.tiling.threshold_pixels
+    error, gradient = codec.model.decoder_gradient(2, latent, padded, weight)
+    tiled_error, tiled_gradient = small_tiles.decoder_gradient(2, latent, padded, weight)
+    assert tiled_error == pytest.approx(error, rel=1e-3)  # a float32 sum over 3.5 M terms in one piece or nine
+    np.testing.assert_allclose(tiled_gradient, gradient, rtol=1e-3, atol=1e-4 * float(np.abs(gradient).max()))

@@ -176,3 +176,55 @@ def test_shipped_model_matches_its_checkpoint():
         np.testing.assert_allclose(
             codec.model.decode_latent(4, y_hat.numpy()), model.decoder(y_hat, 4).numpy(), atol=1e-3, rtol=0
         )
+
+
+def test_refinement_graphs_match_pytorch_and_stay_outside_the_model_id(tmp_path):
+    """The decoder-gradient graphs: one per level, listed with their hashes and the training trade-offs, computed
+    like ``DecoderGradient``, on the decoders' own weights (``weights.bin`` does not grow), and not part of the
+    model id (adding them cannot change what a stream decodes to)."""
+    import copy
+
+    from model_export.decoder import use_subpixel_upsampling
+    from model_export.decoder_gradient import DecoderGradient
+
+    torch.manual_seed(0)
+    model = SSLIC(tiny_model_config(), load_backbone_weights=False).eval()
+    summary = {"name": "tiny", "config": {"loss": {"alpha": [100.0, 300.0, 900.0], "gamma": [1.0, 0.9, 0.8]}}}
+    with_graphs = export_model(model, tmp_path / "with", summary=summary)
+    without = export_model(model, tmp_path / "without", summary=summary, refinement=False)
+    assert "refinement" not in without
+    refinement = with_graphs["refinement"]
+    assert refinement["mse_per_bpp"] == pytest.approx([100.0, 300.0 / 0.9, 900.0 / 0.8])
+    assert sorted(refinement["files"]) == [f"decoder_gradient_level{level}.onnx" for level in (1, 2, 3)]
+    assert with_graphs["model_id"] == without["model_id"] and with_graphs["files"] == without["files"]
+    assert (tmp_path / "with" / "weights.bin").read_bytes() == (tmp_path / "without" / "weights.bin").read_bytes()
+
+    runtime = load_model(tmp_path / "with", intra_op_threads=1)
+    deployed = copy.deepcopy(model)
+    use_subpixel_upsampling(deployed.decoder)
+    target = pad_to_multiple(_image(70, 100), model.padding_multiple)
+    weight = torch.zeros_like(target[:, :1])
+    weight[:, :, :70, :100] = 1.0
+    for level in (1, 2, 3):
+        stride = model.level_strides()[level - 1]
+        latent = torch.randn(1, 8, target.shape[2] // stride, target.shape[3] // stride) * 2
+        error, gradient = runtime.decoder_gradient(level, latent.numpy(), target.numpy(), weight.numpy())
+        with torch.no_grad():
+            expected_error, expected_gradient = DecoderGradient(deployed.decoder, level)(latent, target, weight)
+        assert error == pytest.approx(float(expected_error[0]), rel=1e-4)
+        np.testing.assert_allclose(gradient, expected_gradient.numpy(), rtol=1e-3,
+                                   atol=1e-4 * float(expected_gradient.abs().max()))
+    assert load_model(tmp_path / "without", intra_op_threads=1).refinement is None
+    graph = tmp_path / "with" / "decoder_gradient_level2.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with pytest.raises(ModelLoadError, match="decoder_gradient_level2.onnx does not match"):
+        load_model(tmp_path / "with", intra_op_threads=1)
+    graph.unlink()
+    with pytest.raises(ModelLoadError, match="missing decoder_gradient_level2.onnx"):
+        load_model(tmp_path / "with", intra_op_threads=1)
+    from service.errors import RefinementUnavailable
+
+    plain = Codec(load_model(tmp_path / "without", intra_op_threads=1))
+    picture = Image.fromarray((_image(40, 40)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    with pytest.raises(RefinementUnavailable, match="without decoder-gradient graphs"):
+        plain.compress(picture, 1, refine_steps=2)

@@ -342,3 +342,30 @@ def test_cpu_count_follows_the_cgroup_quota(tmp_path):
     assert cpu_count(v1) == 1
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cpu_count(v1) == affinity
+
+
+def test_refine_per_request_and_as_a_setting(client, codec, monkeypatch):
+    body = _png((128, 96))
+    refined = client.post("/compress?level=2&refine=4", content=body)
+    assert refined.status_code == 200
+    assert refined.content == codec.compress(body, 2, refine_steps=4) != codec.compress(body, 2)
+    assert client.post("/decompress", content=refined.content).status_code == 200
+    for bad in ("x", "-1", "1.5", "201"):
+        response = client.post(f"/compress?level=2&refine={bad}", content=body)
+        assert response.status_code == 400 and response.json()["error"] == "invalid_parameter", bad
+    monkeypatch.setenv("SSLIC_REFINE_STEPS", "4")
+    assert Settings().refine_steps == 4
+    with pytest.raises(ValueError, match="refine_steps"):
+        _settings(refine_steps=-1)
+    with TestClient(create_app(_settings(refine_steps=4), codec=codec)) as refining:
+        assert refining.post("/compress?level=2", content=body).content == refined.content
+        assert refining.post("/compress?level=2&refine=0", content=body).content == codec.compress(body, 2)
+        metrics = refining.get("/metrics").text
+        assert 'sslic_stage_duration_seconds_count{stage="refinement"} 1.0' in metrics
+
+
+def test_refinement_past_the_request_timeout_gets_503(codec):
+    with TestClient(create_app(_settings(request_timeout_s=0.3), codec=codec)) as slow:
+        response = slow.post("/compress?level=4&refine=200", content=_png((256, 192)))
+    assert response.status_code == 503 and response.json()["error"] == "refinement_timeout"
+    assert "Retry-After" in response.headers

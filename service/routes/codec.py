@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from ..codec import rdoq_lambdas
 from ..errors import InvalidParameter, UnsupportedImageType
 from ..pipeline import CodecService
+from ..refine import MAX_REFINE_STEPS, Refinement
 from .body import read_upload
 
 router = APIRouter(tags=["codec"])
@@ -42,6 +43,16 @@ def _rdoq(value: str | None, levels: int) -> tuple[float, ...] | None:
     return rdoq_lambdas(numbers, levels)
 
 
+def _refine(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        steps = int(value)
+    except ValueError as error:
+        raise InvalidParameter(f"refine must be an integer 0..{MAX_REFINE_STEPS}, got {value!r}") from error
+    return Refinement(steps).steps
+
+
 @router.post(
     "/compress",
     response_class=Response,
@@ -57,13 +68,18 @@ async def compress(
     rdoq: Annotated[str | None, Query(
         description="RDO rounding λ: one number for every level or a comma list, one per level; 0 is plain rounding; "
                     "default: the service's (SSLIC_RDOQ_LAMBDA)")] = None,
+    refine: Annotated[str | None, Query(
+        description=f"latent refinement steps per level, 0..{MAX_REFINE_STEPS}: slower, smaller files at the same "
+                    "quality (docs/service.md); default: the service's (SSLIC_REFINE_STEPS)")] = None,
 ) -> Response:
     upload = await read_upload(request)
     if not (upload.content_type.startswith("image/") or upload.content_type in ("application/octet-stream", "")):
         raise UnsupportedImageType(
             f"Content-Type {upload.content_type!r}: send image/*, application/octet-stream or multipart field 'file'"
         )
-    result = await service.compress(upload.data, level, target_bpp, target_psnr, _rdoq(rdoq, service.codec.levels))
+    result = await service.compress(
+        upload.data, level, target_bpp, target_psnr, _rdoq(rdoq, service.codec.levels), _refine(refine)
+    )
     headers = {
         "X-SSLIC-Levels": ",".join(str(lv) for lv in result.levels),
         "X-SSLIC-Bytes": str(len(result.data)),

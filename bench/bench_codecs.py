@@ -1,7 +1,7 @@
 """Encode and decode time per Kodak image: sslic runtime (ONNX), sslic PyTorch model, Pillow JPEG and WebP.
 
     python bench/bench_codecs.py [--model-dir models/default] [--checkpoint checkpoints/sslic_default.pt]
-        [--data ../shared/data/kodak] [--limit 8] [--repeats 3] [--out docs/results/bench.json]
+        [--data ../shared/data/kodak] [--limit 8] [--repeats 3] [--refine N] [--out docs/results/bench.json]
 
 For every image each operation is timed ``--repeats`` times after one untimed warm-up on the first image; the
 per-image median is kept and the table reports the median (and mean) of those over images. Rows:
@@ -11,6 +11,8 @@ per-image median is kept and the table reports the median (and mean) of those ov
 - ``torch L<n>``: encoder forward on the padded image + rounding of the latents (the encoder computes all levels
   at once, so it is timed once per image and shown on every level) / decoder forward of level n with crop and
   clamp; no entropy coding; ``torch.set_num_threads(2)``, ``no_grad``.
+- ``runtime L<n> refine N`` (with ``--refine N``): the same with N steps of latent refinement, encoding timed
+  once per image (it takes seconds).
 - ``jpeg q75`` / ``webp q75``: Pillow encode to bytes / decode from bytes.
 
 torch is imported only when a checkpoint is benchmarked, so the rest runs without it.
@@ -120,8 +122,9 @@ def bench_pillow(bench: Benchmark, images: list[Image.Image]) -> None:
             bench.add_sizes(row, len(data) * 8 / (image.width * image.height))
 
 
-def bench_runtime(bench: Benchmark, images: list[Image.Image], model_dir: Path) -> dict:
-    """Rows for the ONNX runtime codec; returns its description for the JSON."""
+def bench_runtime(bench: Benchmark, images: list[Image.Image], model_dir: Path, refine_steps: int = 0) -> dict:
+    """Rows for the ONNX runtime codec (and, with ``refine_steps``, its encoding with latent refinement, timed
+    once per image); returns its description for the JSON."""
     if not (model_dir / "manifest.json").is_file():
         raise SystemExit(f"{model_dir / 'manifest.json'} not found: export the model first, or pass --skip-runtime")
     codec = Codec.from_dir(str(model_dir), threads=2)
@@ -137,7 +140,15 @@ def bench_runtime(bench: Benchmark, images: list[Image.Image], model_dir: Path) 
                 lambda: codec.decompress(data, level=level),
             )
             bench.add_sizes(f"runtime L{level}", len(data) * 8 / (image.width * image.height))
-    return {"model_dir": str(model_dir), "model_id": codec.model_id, "levels": codec.levels}
+            if refine_steps:
+                row = f"runtime L{level} refine {refine_steps}"
+                start = time.perf_counter()
+                refined = codec.compress(image, levels=[level], refine_steps=refine_steps)
+                encode_s = time.perf_counter() - start
+                bench.add(row, encode_s, seconds(lambda: codec.decompress(refined, level=level), bench.repeats))
+                bench.add_sizes(row, len(refined) * 8 / (image.width * image.height))
+    return {"model_dir": str(model_dir), "model_id": codec.model_id, "levels": codec.levels,
+            "refine_steps": refine_steps}
 
 
 def bench_torch(bench: Benchmark, images: list[Image.Image], checkpoint: Path) -> dict:
@@ -217,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "bench.json")
     parser.add_argument("--skip-runtime", action="store_true", help="leave out the ONNX runtime codec")
     parser.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch model")
+    parser.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                        help="also time runtime encoding with this many latent refinement steps (once per image)")
     args = parser.parse_args(argv)
     if args.limit < 1 or args.repeats < 1:
         raise SystemExit("--limit and --repeats must be at least 1")
@@ -225,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     bench = Benchmark(args.repeats)
     report: dict = {"machine": machine_info(), "images": names, "repeats": args.repeats}
     if not args.skip_runtime:
-        report["runtime"] = bench_runtime(bench, images, args.model_dir)
+        report["runtime"] = bench_runtime(bench, images, args.model_dir, args.refine)
     if not args.skip_torch:
         if args.checkpoint.is_file():
             report["torch"] = bench_torch(bench, images, args.checkpoint)

@@ -37,7 +37,7 @@ class Refinement:
     """Steps of refinement per level (0: none) and the optimiser's settings (chosen on val crops)."""
 
     steps: int = 0
-    learning_rate: float = 0.02
+    learning_rate: float = 0.05
     start_temperature: float = 0.5
     end_temperature: float = 0.05
 

@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     compress.add_argument(
         "--refine", type=int, default=0, metavar="STEPS",
-        help=f"latent refinement: STEPS gradient steps through the decoder per level before rounding, 0..{MAX_REFINE_STEPS} "
-             "(slower; smaller files at the same quality; default 0)",
+        help=f"latent refinement: STEPS gradient steps through the decoder per level before rounding, "
+             f"0..{MAX_REFINE_STEPS} (slower; smaller files at the same quality; default 0)",
     )
 
     decompress = commands.add_parser("decompress", help="sslic container → image")

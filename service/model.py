@@ -146,7 +146,9 @@ class LoadedModel:
             if level not in self._gradients:
                 path = self.directory / self.refinement["decoder_gradients"][str(level)]
                 try:
-                    self._gradients[level] = ort.InferenceSession(str(path), self.session_options, providers=self.providers)
+                    self._gradients[level] = ort.InferenceSession(
+                        str(path), self.session_options, providers=self.providers
+                    )
                 except Exception as error:  # onnxruntime raises its own exception types
                     raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {error}") from error
             return self._gradients[level]

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..refine import MAX_REFINE_STEPS
+
 router = APIRouter(tags=["operations"])
 
 
@@ -55,6 +57,11 @@ async def model_info(request: Request) -> dict:
         "padding_multiple": manifest["padding_multiple"],
         "entropy_coding": manifest.get("entropy_coding", {"method": "factorized"}),
         "providers": service.codec.model.providers,
+        "refinement": {
+            "available": service.codec.model.refinement is not None,
+            "default_steps": service.codec.refine_steps,
+            "max_steps": MAX_REFINE_STEPS,
+        },
         "limits": {
             "max_pixels": settings.max_pixels,
             "max_body_bytes": settings.max_body_bytes,

@@ -145,9 +145,8 @@ class Codec:
     def refine(self, level: int, padded: np.ndarray, image: InputImage, latent: np.ndarray, steps: int,
                deadline: float | None = None) -> np.ndarray:
         """``latent`` (C, h, w) of ``level`` after ``steps`` steps of latent refinement for the padded image
-        (``service.refine``); stops with :class:`RefinementTimeout` once ``deadline`` (time.monotonic) passes."""
-        if steps == 0:
-            return latent
+        (``service.refine``; 0 steps return it as it is); stops with :class:`RefinementTimeout` once ``deadline``
+        (time.monotonic) passes."""
         return refine_latent(self.model, level, padded[None], image.height, image.width, latent,
                              Refinement(steps), deadline)
 

@@ -149,6 +149,15 @@ def _escape_value(index: np.ndarray, escape: int) -> np.ndarray:
     return np.where(index < 0, -2 * index - 1, 2 * (index - escape))
 
 
+def _escape_bits(index: np.ndarray, escaped: np.ndarray, escape: np.ndarray | int) -> np.ndarray | float:
+    """Bits of the escaped symbols' payloads (a bit length, then 16-bit chunks); 0 where not escaped."""
+    if not escaped.any():
+        return 0.0
+    raw = np.where(escaped, _escape_value(index, escape), 0)
+    chunks = np.ceil(np.log2(raw.astype(np.float64) + 1.0) / _CHUNK_BITS)
+    return np.where(escaped, np.log2(_LENGTH_BITS) + _CHUNK_BITS * chunks, 0.0)
+
+
 class TableCoder:
     """Encodes and decodes one level's symbols (C, H, W) with that level's tables."""
 
@@ -200,12 +209,7 @@ class TableCoder:
             self._bits = [-np.log2(np.diff(cdf[c, :, : int(n) + 1], axis=1) / total) for c, n in enumerate(self.tables.lengths)]
         escape = int(self.tables.lengths[channel]) - 1
         index, escaped = self._table_index(channel, symbols)
-        bits = self._bits[channel][table_ids, np.where(escaped, escape, index)]
-        if escaped.any():
-            raw = np.where(escaped, _escape_value(index, escape), 0)
-            chunks = np.ceil(np.log2(raw.astype(np.float64) + 1.0) / _CHUNK_BITS)
-            bits = bits + np.where(escaped, np.log2(_LENGTH_BITS) + _CHUNK_BITS * chunks, 0.0)
-        return bits
+        return self._bits[channel][table_ids, np.where(escaped, escape, index)] + _escape_bits(index, escaped, escape)
 
     def bit_costs(self, table_ids: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         """Bits (C, H, W) of every symbol of ``symbols`` (C, H, W) under the table ``table_ids`` (C, H, W) gives
@@ -221,12 +225,8 @@ class TableCoder:
         index = symbols.astype(np.int64) - self.tables.offsets.astype(np.int64)[:, None, None]
         escaped = (index < 0) | (index >= escape)
         channels = np.arange(self.tables.channels)[:, None, None]
-        bits = self._padded_bits[channels, table_ids, np.where(escaped, escape, index)]
-        if escaped.any():
-            raw = np.where(escaped, _escape_value(index, escape), 0)
-            chunks = np.ceil(np.log2(raw.astype(np.float64) + 1.0) / _CHUNK_BITS)
-            bits = bits + np.where(escaped, np.log2(_LENGTH_BITS) + _CHUNK_BITS * chunks, 0.0)
-        return bits
+        return self._padded_bits[channels, table_ids, np.where(escaped, escape, index)] + _escape_bits(
+            index, escaped, escape)
 
     def rdo_symbols(self, residuals: np.ndarray, rdoq_lambda: float = DEFAULT_RDOQ_LAMBDA) -> np.ndarray:
         """Symbols (C, H, W) int32 for the residuals r = y − median: round(r), or the integer one step closer to 0

@@ -251,12 +251,7 @@ def load_model(
             f"this runtime reads {SUPPORTED_FORMAT[0]} v{SUPPORTED_FORMAT[1]}"
         )
     files: dict[str, str] = manifest.get("files", {})
-    for name, expected in files.items():
-        path = directory / name
-        if not path.is_file():
-            raise ModelLoadError(f"{directory}: missing {name}")
-        if verify_hashes and file_sha256(path) != expected:
-            raise ModelLoadError(f"{directory}: {name} does not match its sha256 in the manifest")
+    _verify_files(directory, files, verify_hashes)
     if model_id_for(files) != manifest.get("model_id"):
         raise ModelLoadError(f"{directory}: the model id does not match the file hashes")
     _check_refinement(directory, manifest, verify_hashes)
@@ -297,9 +292,17 @@ def _check_refinement(directory: Path, manifest: dict, verify_hashes: bool) -> N
             or not isinstance(weights, list) or len(weights) != levels or not isinstance(files, dict)
             or any(not isinstance(w, (int, float)) or not w > 0 for w in weights)):
         raise ModelLoadError(f"{directory}: the manifest's refinement section is malformed")
-    for name in graphs.values():
+    unlisted = [name for name in graphs.values() if name not in files]
+    if unlisted:
+        raise ModelLoadError(f"{directory}: the refinement section lists no hash for {', '.join(unlisted)}")
+    _verify_files(directory, files, verify_hashes)
+
+
+def _verify_files(directory: Path, files: dict[str, str], verify_hashes: bool) -> None:
+    """Every file of ``files`` (name → sha256) is present and, with ``verify_hashes``, has that hash."""
+    for name, expected in files.items():
         path = directory / name
-        if name not in files or not path.is_file():
+        if not path.is_file():
             raise ModelLoadError(f"{directory}: missing {name}")
-        if verify_hashes and file_sha256(path) != files[name]:
+        if verify_hashes and file_sha256(path) != expected:
             raise ModelLoadError(f"{directory}: {name} does not match its sha256 in the manifest")

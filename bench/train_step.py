@@ -3,7 +3,8 @@
     python -m bench.train_step [--config configs/default_continue4.yaml] [--steps 6] [--out docs/results/train_step.json]
 
 Builds the real trainer of the config (its crops, batch, model and loss; fresh weights, a scratch run folder)
-and times ``--steps`` updates per precision after two untimed warm-up updates, alternating the precisions
+and times ``--steps`` updates per precision (bf16 even on a CPU without bf16 instructions, where the trainer
+itself would fall back to fp32; ``native_bf16`` in the report says which) after two untimed warm-up updates, alternating the precisions
 ``--rounds`` times so that a change in machine load hits both. Run it with nothing else on the CPU.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from model_export.config import load_config
-from model_export.runtime import ensure_fast_malloc, set_threads
+from model_export.runtime import ensure_fast_malloc, native_bf16, set_threads
 from model_export.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
             variant = copy.deepcopy(config)
             variant.train.precision = precision
             trainers[precision] = Trainer(variant, Path(scratch) / precision, torch.device("cpu"), quiet=True)
+            trainers[precision].autocast_bf16 = precision == "bf16"  # measured even where it is emulated
             time_steps(trainers[precision], 2)
         for _ in range(args.rounds):
             for precision, trainer in trainers.items():
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": config.train.threads,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
+        "native_bf16": native_bf16(torch.device("cpu")),
         "median_s_per_step": {p: round(statistics.median(s), 3) for p, s in results.items()},
         "steps_s": {p: [round(v, 3) for v in s] for p, s in results.items()},
     }

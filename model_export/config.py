@@ -101,7 +101,8 @@ class TrainConfig:
     checkpoint_every: int = 250
     device: str = "auto"
     # "bf16": convolutions and matmuls of the forward and backward pass in bfloat16 autocast (weights, optimizer,
-    # entropy models and loss stay fp32); 1.9× faster per step on our AVX512-BF16 CPUs (docs/training.md)
+    # entropy models and loss stay fp32); 1.9× faster per step on our AVX512-BF16 CPUs; on a CPU without bf16
+    # instructions the trainer falls back to fp32 (emulated bf16 was 18× slower; docs/training.md)
     precision: str = "fp32"
     # what the decoder sees in training: "noise" (y + U(−½, ½), as the paper) or "round" (the rounded latents of
     # inference with a straight-through gradient; the rate term keeps the noisy proxy); docs/training.md

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["describe_device", "ensure_fast_malloc", "select_device", "set_threads"]
+__all__ = ["describe_device", "ensure_fast_malloc", "native_bf16", "select_device", "set_threads"]
 
 _JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
 _GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
@@ -59,6 +59,18 @@ def describe_device(device: torch.device) -> str:
     if device.type != "cuda":
         return str(device)
     return f"cuda ({torch.cuda.get_device_name(device)})"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on hardware bf16 kernels here: any CUDA device, or a CPU whose oneDNN has bf16
+    instructions (AVX512-BF16, AMX or Arm's BF16). Elsewhere oneDNN emulates bf16 and a training step gets
+    slower, not faster: 18× slower for the decoder's forward pass on an AVX2-only EPYC (docs/training.md)."""
+    if device.type != "cpu":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def set_threads(threads: int) -> None:

@@ -29,7 +29,7 @@ from .data import BatchPrefetcher, CropSampler, ImageSet, crops_to_float
 from .losses import RateDistortionLoss, mean_level_terms, psnr_from_mse
 from .model import SSLIC
 from .perceptual import BackboneFeatures, PerceptualLoss, load_vgg19_features
-from .runtime import describe_device, ensure_fast_malloc, select_device, set_threads
+from .runtime import describe_device, ensure_fast_malloc, native_bf16, select_device, set_threads
 from .validation import evaluate_images
 
 __all__ = ["Trainer", "chain_totals", "learning_rate", "main"]
@@ -106,6 +106,12 @@ class Trainer:
         self.val_history: list[dict[str, Any]] = []
         self.skipped = 0
         self.init_checkpoint: dict[str, Any] | None = None  # lineage of the weights a run started from
+        # bf16 autocast only where the hardware has bf16: emulated, it makes a CPU step many times slower
+        self.autocast_bf16 = train.precision == "bf16" and native_bf16(device)
+        self.precision_note = None
+        if train.precision == "bf16" and not self.autocast_bf16:
+            self.precision_note = ("train.precision is bf16 but this CPU has no bf16 instructions "
+                                   "(emulated bf16 is many times slower): training in fp32")
 
     def _perceptual(self) -> PerceptualLoss:
         loss = self.config.loss
@@ -277,7 +283,7 @@ class Trainer:
         for _ in range(parts):
             x = self.next_batch()
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.config.train.precision == "bf16"):
+                                enabled=self.autocast_bf16):
                 output = self.model(x, decoder_input=self.config.train.decoder_input)
                 loss, terms = self.criterion(x, output)
             # the backward pass is queued before the loss is read: on a GPU the read then waits while the
@@ -320,6 +326,10 @@ class Trainer:
         deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
         budget = time_budget_minutes * 60 if time_budget_minutes else None
         pending_snapshots = sorted(f for f in snapshot_fractions if budget and self.elapsed < f * budget)
+        if self.precision_note:
+            self.log(self.precision_note)
+            if not self.quiet:
+                print(self.precision_note, flush=True)
         self.model.train()
         bar = tqdm(total=total, initial=self.step, desc=self.config.name, dynamic_ncols=True, disable=self.quiet)
         ema: dict[str, float] = {}

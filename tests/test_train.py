@@ -242,8 +242,20 @@ def test_bf16_autocast_step_matches_fp32_and_keeps_the_entropy_model_in_fp32(tmp
 
     bf16.model.train()
     bf16.sampler = fp32.sampler
+    bf16.autocast_bf16 = True  # the autocast step itself, also on a CPU where the trainer would fall back
     value, _, applied = bf16.train_step()
     assert applied and value == value
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16_instructions(tmp_path, small_image_dir, monkeypatch):
+    config = _config(small_image_dir)
+    config.train.precision = "bf16"
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
+    emulated = Trainer(config, tmp_path / "emulated", torch.device("cpu"), quiet=True)
+    assert not emulated.autocast_bf16 and "fp32" in emulated.precision_note
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)
+    native = Trainer(config, tmp_path / "native", torch.device("cpu"), quiet=True)
+    assert native.autocast_bf16 and native.precision_note is None
 
 
 

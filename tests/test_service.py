@@ -365,6 +365,37 @@ def test_refine_per_request_and_as_a_setting(client, codec, monkeypatch):
         assert 'sslic_stage_duration_seconds_count{stage="refinement"} 1.0' in metrics
 
 
+def test_targets_with_refinement_refine_only_the_levels_they_try(client, codec, monkeypatch):
+    body = _png((128, 96))
+    refined_levels = []
+    real_refine = codec.refine
+
+    def recording_refine(level, *args):
+        refined_levels.append(level)
+        return real_refine(level, *args)
+
+    monkeypatch.setattr(codec, "refine", recording_refine)
+    expected = {lv: codec.compress(body, lv, refine_steps=3) for lv in range(1, 5)}
+    bpp = {lv: len(data) * 8 / (128 * 96) for lv, data in expected.items()}
+    refined_levels.clear()
+
+    response = client.post("/compress?target_psnr=10&refine=3", content=body)
+    assert response.headers["X-SSLIC-Levels"] == "1" and response.content == expected[1]
+    assert refined_levels == [1]
+    refined_levels.clear()
+    response = client.post("/compress?target_bpp=100&refine=3", content=body)
+    assert response.headers["X-SSLIC-Levels"] == "4" and response.content == expected[4]
+    assert refined_levels == [4]
+    refined_levels.clear()
+    response = client.post(f"/compress?target_bpp={(bpp[2] + bpp[3]) / 2}&refine=3", content=body)
+    assert response.headers["X-SSLIC-Levels"] == "2" and response.content == expected[2]
+    assert refined_levels == [4, 3, 2]
+    refined_levels.clear()
+    response = client.post(f"/compress?target_bpp={bpp[1] / 2}&refine=3", content=body)
+    assert response.status_code == 422 and response.json()["error"] == "target_unreachable"
+    assert f"{bpp[1]:.4f} bpp" in response.json()["detail"] and refined_levels == [4, 3, 2, 1]
+
+
 def test_refinement_past_the_request_timeout_gets_503(codec):
     with TestClient(create_app(_settings(request_timeout_s=0.3), codec=codec)) as slow:
         response = slow.post("/compress?level=4&refine=200", content=_png((256, 192)))

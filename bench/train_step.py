@@ -3,9 +3,10 @@
     python -m bench.train_step [--config configs/default_continue4.yaml] [--steps 6] [--out docs/results/train_step.json]
 
 Builds the real trainer of the config (its crops, batch, model and loss; fresh weights, a scratch run folder)
-and times ``--steps`` updates per precision (bf16 even on a CPU without bf16 instructions, where the trainer
-itself would fall back to fp32; ``native_bf16`` in the report says which) after two untimed warm-up updates, alternating the precisions
-``--rounds`` times so that a change in machine load hits both. Run it with nothing else on the CPU.
+and times ``--steps`` updates per precision after two untimed warm-up updates, alternating the precisions
+``--rounds`` times so that a change in machine load hits both. bf16 is timed even on a CPU without bf16
+instructions, where the trainer itself would fall back to fp32; ``native_bf16`` in the report says which. Run it
+with nothing else on the CPU.
 """
 
 from __future__ import annotations

@@ -107,9 +107,10 @@ class Trainer:
         self.skipped = 0
         self.init_checkpoint: dict[str, Any] | None = None  # lineage of the weights a run started from
         # bf16 autocast only where the hardware has bf16: emulated, it makes a CPU step many times slower
-        self.autocast_bf16 = train.precision == "bf16" and native_bf16(device)
+        wants_bf16 = train.precision == "bf16"
+        self.autocast_bf16 = wants_bf16 and native_bf16(device)
         self.precision_note = None
-        if train.precision == "bf16" and not self.autocast_bf16:
+        if wants_bf16 and not self.autocast_bf16:
             self.precision_note = ("train.precision is bf16 but this CPU has no bf16 instructions "
                                    "(emulated bf16 is many times slower): training in fp32")
 

@@ -14,7 +14,8 @@
   refitted to the symbols the encoder produces on the images of DIR (the training images, never evaluation
   ones), and then given a channel context (``--context-buckets``, default 16 tables per channel;
   ``service.channel_context``) fitted to the same symbols, with a checkerboard's second pass at every level but
-  the coarsest (``--spatial-buckets``, default 8 spatial buckets);
+  the coarsest (``--spatial-buckets``, default 8 spatial buckets), and last refitted to the symbols the runtime's
+  RDO rounding codes with them (``--fit-rdoq``, default λ 0.2 at every level but the finest);
 - ``manifest.json``: format version, model id (hash of the files), levels, channels, strides, padding
   multiple, table precision, sha256 of every file, the training summary and validation metrics.
 
@@ -31,6 +32,7 @@ import io
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,8 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
+from service.codec import rdoq_lambdas
+from service.errors import InvalidParameter
 from service.model import file_sha256, model_id_for
 
 from .checkpoint import load_codec_checkpoint
@@ -48,7 +52,7 @@ from .decoder_gradient import DecoderGradient
 from .data import ImageSet
 from .freeze import (DEFAULT_CONTEXT_BUCKETS, DEFAULT_PRECISION, DEFAULT_PRIOR_WEIGHT, DEFAULT_SPATIAL_BUCKETS,
                      FrozenTables, context_bits, count_bits, fit_context_tables, fit_tables, freeze_bottleneck,
-                     save_tables, symbol_counts)
+                     runtime_coder, save_tables, symbol_counts)
 from .model import SSLIC, pad_to_multiple
 
 __all__ = ["export_model", "spatial_buckets_per_level", "ARTIFACT_FORMAT", "ARTIFACT_VERSION", "OPSET"]
@@ -57,6 +61,11 @@ ARTIFACT_FORMAT = "sslic-model"
 ARTIFACT_VERSION = 1
 OPSET = 18
 WEIGHTS_FILE = "weights.bin"
+# refits of the tables to the RDO-rounded symbols (each round rounds again under the previous round's tables)
+DEFAULT_RDO_ROUNDS = 2
+# the RDO rounding λ the tables are fitted for at every level but the finest (chosen on val, docs/architecture.md);
+# the manifest carries it and the service rounds with it by default
+DEFAULT_FIT_RDOQ_LAMBDA = 0.2
 _MIN_EXTERNAL_ELEMENTS = 64
 
 
@@ -199,25 +208,43 @@ class _SharedWeights:
 
 @torch.no_grad()
 def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path,
-                   prior_weight: float, context_buckets: int,
-                   spatial_buckets: list[int]) -> tuple[list[FrozenTables], dict]:
+                   prior_weight: float, context_buckets: int, spatial_buckets: list[int],
+                   rdoq_lambda: list[float], rdo_rounds: int = DEFAULT_RDO_ROUNDS) -> tuple[list[FrozenTables], dict]:
     """Refit every level's tables to the symbols of the images in ``fit_dir`` (each image whole, padded as the
     runtime pads it, rounded against the frozen medians), then fit a channel context with ``context_buckets``
-    tables per channel (0: none) and ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none);
-    returns the tables and a report for the manifest."""
+    tables per channel (0: none) and ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none).
+    Where ``rdoq_lambda[i]`` > 0 the tables are then refitted ``rdo_rounds`` times to the symbols the runtime's
+    RDO rounding with that λ picks under the current tables, which are the symbols it will code. Returns the
+    tables and a report for the manifest."""
     images = ImageSet.from_dir(fit_dir)
     counts = [np.zeros((t.channels, int(t.lengths.max())), dtype=np.int64) for t in tables]
     symbols: list[list[np.ndarray]] = [[] for _ in tables]
+    residuals: list[list[np.ndarray]] = [[] for _ in tables]
     for image in images.images:
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
         for level, latent in enumerate(model.encoder(pad_to_multiple(x, model.padding_multiple))):
-            level_symbols = np.rint(latent[0].numpy() - tables[level].medians[:, None, None]).astype(np.int32)
+            residual = latent[0].numpy() - tables[level].medians[:, None, None]
+            level_symbols = np.rint(residual).astype(np.int32)
             counts[level] += symbol_counts(tables[level], level_symbols)
             symbols[level].append(level_symbols)
-    fitted = [fit_tables(t, k, prior_weight) for t, k in zip(tables, counts)]
-    if context_buckets:
-        fitted = [fit_context_tables(t, s, buckets=context_buckets, spatial_buckets=spatial)
-                  for t, s, spatial in zip(fitted, symbols, spatial_buckets)]
+            if rdoq_lambda[level] > 0:
+                residuals[level].append(residual.astype(np.float32))
+
+    def fit(level: int, level_symbols: list[np.ndarray]) -> FrozenTables:
+        fitted = fit_tables(tables[level], sum(symbol_counts(tables[level], s) for s in level_symbols), prior_weight)
+        if not context_buckets:
+            return fitted
+        return fit_context_tables(fitted, level_symbols, buckets=context_buckets,
+                                  spatial_buckets=spatial_buckets[level])
+
+    fitted = [fit(level, level_symbols) for level, level_symbols in enumerate(symbols)]
+    plain_fit = list(fitted)
+    coded = list(symbols)
+    for level, lam in enumerate(rdoq_lambda):
+        for _ in range(rdo_rounds if lam > 0 else 0):
+            coder = runtime_coder(fitted[level])
+            coded[level] = [coder.rdo_symbols(r, lam) for r in residuals[level]]
+            fitted[level] = fit(level, coded[level])
     report = {
         "dir": str(fit_dir),
         "images": len(images.names),
@@ -225,13 +252,19 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
         "prior_weight": prior_weight,
         "symbols": [int(k.sum()) for k in counts],
         "bits_per_symbol_frozen": [count_bits(t, k) / k.sum() for t, k in zip(tables, counts)],
-        "bits_per_symbol_fitted": [count_bits(t, k) / k.sum() for t, k in zip(fitted, counts)],
+        "bits_per_symbol_fitted": [count_bits(t, k) / k.sum() for t, k in zip(plain_fit, counts)],
         "context_buckets": context_buckets,
         "spatial_buckets": spatial_buckets if context_buckets else None,
         "bits_per_symbol_context": [
             sum(context_bits(t, s) for s in level_symbols) / k.sum()
-            for t, level_symbols, k in zip(fitted, symbols, counts)
+            for t, level_symbols, k in zip(plain_fit, symbols, counts)
         ] if context_buckets else None,
+        "rdoq_lambda": list(rdoq_lambda),
+        "rdo_rounds": rdo_rounds,
+        "bits_per_symbol_coded": [
+            sum(context_bits(t, s) for s in level_symbols) / k.sum()
+            for t, level_symbols, k in zip(fitted, coded, counts)
+        ],
     }
     return fitted, report
 
@@ -276,18 +309,23 @@ def export_model(
     context_buckets: int = DEFAULT_CONTEXT_BUCKETS,
     spatial_buckets: int | list[int] | None = None,
     refinement: bool = True,
+    rdoq_lambda: float | list[float] | None = None,
 ) -> dict:
     """Write the artifact folder for ``model`` and return its manifest; with ``fit_dir`` the entropy tables
     are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`) and given a channel
     context of ``context_buckets`` tables per channel and ``spatial_buckets`` checkerboard buckets per level
-    (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`). ``refinement`` adds
+    (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`), then refitted to the
+    symbols the runtime's RDO rounding picks with ``rdoq_lambda`` (one λ or one per level; ``None``:
+    ``DEFAULT_FIT_RDOQ_LAMBDA`` at every level but the finest; 0 fits plain rounding), which the manifest records
+    and the service then rounds with by default. ``refinement`` adds
     the decoder-gradient graphs the encoder's latent refinement runs (outside the model id: they cannot change
     what a stream decodes to)."""
+    levels = model.levels
+    spatial = spatial_buckets_per_level(spatial_buckets, levels)
+    fit_lambdas = list(rdoq_lambdas(rdoq_lambda, levels, [DEFAULT_FIT_RDOQ_LAMBDA] * (levels - 1) + [0.0]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _set_export_mode(model)
-    levels = model.levels
-    spatial = spatial_buckets_per_level(spatial_buckets, levels)
     multiple = model.padding_multiple
     size = example_size or 2 * multiple
     example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -319,7 +357,8 @@ def export_model(
     tables: list[FrozenTables] = [freeze_bottleneck(eb, precision) for eb in model.entropy]
     fit_report = None
     if fit_dir is not None:
-        tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight, context_buckets, spatial)
+        tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight, context_buckets, spatial,
+                                            fit_lambdas)
     save_tables(out / "entropy_tables.npz", tables)
 
     files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
@@ -364,11 +403,18 @@ def export_model(
     return manifest
 
 
+def _numbers(kind: type) -> Callable[[str], list]:
+    """argparse type: one number or a comma-separated list of them, each read with ``kind``."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",")]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"not a number or a comma-separated list of numbers: {text!r}") from error
+    return parse
+
+
 def _spatial_buckets(text: str) -> int | list[int]:
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not a number or a comma-separated list of numbers: {text!r}") from error
+    values = _numbers(int)(text)
     return values[0] if len(values) == 1 else values
 
 
@@ -386,6 +432,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spatial-buckets", type=_spatial_buckets, default=None, metavar="S[,S…]",
                         help="with --context-buckets: checkerboard buckets, one number for every level or one per "
                              f"level, 0 for none (default {DEFAULT_SPATIAL_BUCKETS} at every level but the coarsest)")
+    parser.add_argument("--fit-rdoq", type=_numbers(float), default=None, metavar="λ[,λ…]",
+                        help="with --fit-tables: refit the tables to the symbols the runtime's RDO rounding picks "
+                             "with this λ, one for every level or one per level; the service rounds with it by "
+                             f"default (default {DEFAULT_FIT_RDOQ_LAMBDA} at every level but the finest; 0: plain "
+                             "rounding)")
     parser.add_argument("--no-refinement", action="store_true",
                         help="leave out the decoder-gradient graphs of the encoder's latent refinement")
     args = parser.parse_args(argv)
@@ -395,8 +446,8 @@ def main(argv: list[str] | None = None) -> None:
         manifest = export_model(model, args.out_dir, summary=summary, precision=args.precision,
                                 fit_dir=args.fit_tables, prior_weight=args.prior_weight,
                                 context_buckets=args.context_buckets, spatial_buckets=args.spatial_buckets,
-                                refinement=not args.no_refinement)
-    except (FileNotFoundError, ValueError) as exc:
+                                refinement=not args.no_refinement, rdoq_lambda=args.fit_rdoq)
+    except (FileNotFoundError, ValueError, InvalidParameter) as exc:
         raise SystemExit(f"export: {exc}") from exc
     names = [*manifest["files"], *manifest.get("refinement", {}).get("files", {})]
     size = sum((Path(args.out_dir) / name).stat().st_size for name in names)

@@ -19,6 +19,8 @@ probability. The support, offsets and escape stay as frozen; only the frequencie
 (``service.channel_context``: how busy the channels coded before it are around each symbol), fitted to the
 same training symbols and smoothed towards the channel's own table; with ``spatial_buckets`` S, B · S more for
 the second pass of a checkerboard, chosen also by the symbol's four anchor neighbours in its own channel.
+``runtime_coder`` gives the service's coder for such tables, so the export can refit them to the symbols the
+encoder's rate-distortion optimised rounding will actually code with them (``model_export.export``).
 
 The tables are written with ``numpy.savez`` (no pickled objects); ``docs/artifacts.md`` describes them.
 """
@@ -33,13 +35,14 @@ import numpy as np
 import torch
 
 from service.channel_context import DEFAULT_CLIP, DEFAULT_WINDOW, ChannelContext, anchor_mask, neighbour_sum
+from service.entropy_coder import LevelTables, TableCoder
 
 from .entropy import EntropyBottleneck
 
 __all__ = [
     "FrozenTables", "freeze_bottleneck", "quantize_pmf", "save_tables", "symbol_counts", "fit_tables", "count_bits",
     "fit_context_tables", "context_bits", "DEFAULT_PRECISION", "DEFAULT_PRIOR_WEIGHT", "DEFAULT_CONTEXT_BUCKETS",
-    "DEFAULT_CONTEXT_PSEUDO_COUNTS", "DEFAULT_SPATIAL_BUCKETS",
+    "DEFAULT_CONTEXT_PSEUDO_COUNTS", "DEFAULT_SPATIAL_BUCKETS", "runtime_coder",
 ]
 
 DEFAULT_PRECISION = 16
@@ -237,6 +240,14 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
             context_cdf[c, t, 0] = 0
             context_cdf[c, t, 1 : n + 1] = np.cumsum(quantize_pmf(probabilities, tables.precision))
     return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
+
+
+def runtime_coder(tables: FrozenTables) -> TableCoder:
+    """The service's coder (``service.entropy_coder.TableCoder``) for ``tables``, as it reads them once saved."""
+    context_cdf = None if tables.context_cdf is None else tables.context_cdf.astype(np.int64)
+    return TableCoder(LevelTables(cdf=tables.cdf.astype(np.int64), lengths=tables.lengths.astype(np.int64),
+                                  offsets=tables.offsets.astype(np.int64), medians=tables.medians.astype(np.float32),
+                                  precision=tables.precision, context=tables.context, context_cdf=context_cdf))
 
 
 def _quantile_edges(values: list[np.ndarray], buckets: int) -> np.ndarray:

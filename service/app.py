@@ -96,7 +96,8 @@ def create_app(settings: Settings | None = None, codec: Codec | None = None) -> 
                 settings.refine_steps,
             )
         elif (loaded.max_pixels, loaded.rdoq_per_level, loaded.refine_steps) != (
-            settings.max_pixels, rdoq_lambdas(settings.rdoq_lambda, loaded.levels), settings.refine_steps
+            settings.max_pixels, rdoq_lambdas(settings.rdoq_lambda, loaded.levels, loaded.model.fitted_rdoq_lambda),
+            settings.refine_steps
         ):
             loaded = Codec(loaded.model, settings.max_pixels, settings.rdoq_lambda, settings.refine_steps)
         service = CodecService(loaded, settings, metrics)

@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--rdoq", type=_rdoq_lambda, default=None, metavar="LAMBDA",
         help=f"rate-distortion optimised rounding: the squared latent error one bit is worth, one number for every "
-             f"level or a comma list, one per level (0: plain rounding; larger: fewer bytes, lower quality; default "
-             f"{DEFAULT_RDOQ_LAMBDA} below the finest level, 0 at it)",
+             f"level or a comma list, one per level (0: plain rounding; larger: fewer bytes, lower quality; default: "
+             f"the λ the model's tables were fitted for, else {DEFAULT_RDOQ_LAMBDA} below the finest level, 0 at it)",
     )
     compress.add_argument(
         "--refine", type=int, default=0, metavar="STEPS",

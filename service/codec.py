@@ -52,10 +52,14 @@ def parse_levels(value: str | int | Iterable[int] | None, levels: int) -> list[i
     return sorted(set(numbers))
 
 
-def rdoq_lambdas(value: float | Sequence[float] | None, levels: int) -> tuple[float, ...]:
-    """λ of the rate-distortion optimised rounding per level: ``None`` gives ``DEFAULT_RDOQ_LAMBDA`` to every level
-    but the finest, which keeps plain rounding (the finest level stays the highest quality there is); one number
-    applies to every level; L numbers give one per level. Each must be in [0, 100]."""
+def rdoq_lambdas(value: float | Sequence[float] | None, levels: int,
+                 default: Sequence[float] | None = None) -> tuple[float, ...]:
+    """λ of the rate-distortion optimised rounding per level: ``None`` gives ``default`` (the λ the model's tables
+    were fitted for) or, without one, ``DEFAULT_RDOQ_LAMBDA`` to every level but the finest, which keeps plain
+    rounding (the finest level stays the highest quality there is); one number applies to every level; L numbers
+    give one per level. Each must be in [0, 100]."""
+    if value is None and default is not None:
+        value = default
     if value is None:
         return tuple(DEFAULT_RDOQ_LAMBDA if level < levels else 0.0 for level in range(1, levels + 1))
     values = [value] if isinstance(value, (int, float)) else list(value)
@@ -91,7 +95,7 @@ class Codec:
     refine_steps: int = 0
 
     def __post_init__(self) -> None:
-        self.rdoq_per_level = rdoq_lambdas(self.rdoq_lambda, self.model.levels)
+        self.rdoq_per_level = rdoq_lambdas(self.rdoq_lambda, self.model.levels, self.model.fitted_rdoq_lambda)
         Refinement(self.refine_steps)  # validates
 
     @classmethod
@@ -153,7 +157,7 @@ class Codec:
     def quantize(self, level: int, latent: np.ndarray, rdoq_lambda: float | None = None) -> np.ndarray:
         """Encoder output (C, h, w) of ``level`` → int32 symbols: ``round(y − median)``, each moved one step
         towards 0 where that saves enough bits for the error it adds (``rdoq_lambda``, by default the level's
-        configured one; 0: plain rounding)."""
+        configured one, else the one its tables were fitted for; 0: plain rounding)."""
         if not np.all(np.isfinite(latent)):
             raise CorruptStream(f"the encoder produced non-finite latents at level {level}")
         medians = self.model.tables[level - 1].medians[:, None, None]

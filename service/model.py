@@ -134,6 +134,15 @@ class LoadedModel:
         return [int(c) for c in self.manifest["latent_channels"]]
 
     @property
+    def fitted_rdoq_lambda(self) -> tuple[float, ...] | None:
+        """The RDO rounding λ per level the entropy tables were fitted for (``tables_fitted_on.rdoq_lambda``; checked
+        on load), which the codec rounds with unless told otherwise; ``None`` for tables fitted without one."""
+        fitted = self.manifest.get("tables_fitted_on")
+        if not isinstance(fitted, dict) or fitted.get("rdoq_lambda") is None:
+            return None
+        return tuple(float(v) for v in fitted["rdoq_lambda"])
+
+    @property
     def refinement(self) -> dict | None:
         """The manifest's ``refinement`` section (decoder-gradient graphs, rate-distortion weights), if any."""
         return self.manifest.get("refinement")
@@ -255,6 +264,7 @@ def load_model(
     if model_id_for(files) != manifest.get("model_id"):
         raise ModelLoadError(f"{directory}: the model id does not match the file hashes")
     _check_refinement(directory, manifest, verify_hashes)
+    _check_fitted_rdoq(directory, manifest)
 
     chosen = resolve_providers(providers)
     options = ort.SessionOptions()
@@ -277,6 +287,18 @@ def load_model(
         raise ModelLoadError(f"tile size must be a positive multiple of {multiple}, got {tile_size}")
     tiling = Tiling(core=tile_size, margin=-(-Tiling.margin // multiple) * multiple)
     return LoadedModel(directory, manifest, encoder, decoders, tables, coders, encoder.get_providers(), tiling, options)
+
+
+def _check_fitted_rdoq(directory: Path, manifest: dict) -> None:
+    """``tables_fitted_on.rdoq_lambda``, where present: one λ in [0, 100] per level."""
+    fitted = manifest.get("tables_fitted_on")
+    values = fitted.get("rdoq_lambda") if isinstance(fitted, dict) else None
+    if values is None:
+        return
+    if (not isinstance(values, list) or len(values) != int(manifest["levels"])
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 100.0 for v in values)):
+        raise ModelLoadError(f"{directory}: the manifest's tables_fitted_on.rdoq_lambda must be one λ in [0, 100] "
+                             f"per level, got {values!r}")
 
 
 def _check_refinement(directory: Path, manifest: dict, verify_hashes: bool) -> None:

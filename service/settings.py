@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     rdoq_lambda: Annotated[list[float] | None, NoDecode] = Field(
         None,
         description=f"rate-distortion optimised rounding when compressing: the squared latent error one bit is worth, "
-        f"one number for every level or a comma list with one per level (0: plain rounding); default "
-        f"{DEFAULT_RDOQ_LAMBDA} for every level but the finest, which keeps plain rounding",
+        f"one number for every level or a comma list with one per level (0: plain rounding); default: the λ the "
+        f"model's tables were fitted for (its manifest), else {DEFAULT_RDOQ_LAMBDA} for every level but the finest, "
+        f"which keeps plain rounding",
     )
     refine_steps: int = Field(
         0, ge=0, le=MAX_REFINE_STEPS,

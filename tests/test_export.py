@@ -3,6 +3,7 @@ shipped model against its checkpoint."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from model_export.checkpoint import load_codec_checkpoint
 from model_export.export import export_model, spatial_buckets_per_level
 from model_export.model import SSLIC, pad_to_multiple
 from service.codec import Codec, pad_image
-from service.errors import ModelLoadError
+from service.errors import InvalidParameter, ModelLoadError
 from service.model import load_model
 from tests.conftest import tiny_model_config
 
@@ -121,6 +122,43 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     one_table = export_model(model, tmp_path / "one", fit_dir=small_image_dir, context_buckets=0)
     assert one_table["entropy_coding"] == {"method": "factorized"}
     assert one_table["tables_fitted_on"]["bits_per_symbol_fitted"] == report["bits_per_symbol_fitted"]
+
+
+def test_tables_are_refitted_to_the_symbols_rdo_rounding_codes(tiny_export, tmp_path, small_image_dir):
+    model = copy.deepcopy(tiny_export[0])
+    with torch.no_grad():  # the untrained latents are almost all 0: spread them so rounding has choices to make
+        for conv in model.encoder.pyramid.to_latent:
+            conv.weight.mul_(20)
+            conv.bias.mul_(20)
+    plain = export_model(model, tmp_path / "plain", fit_dir=small_image_dir, rdoq_lambda=0)["tables_fitted_on"]
+    rdo = export_model(model, tmp_path / "rdo", fit_dir=small_image_dir)["tables_fitted_on"]
+    assert plain["rdoq_lambda"] == [0.0, 0.0, 0.0] and rdo["rdoq_lambda"] == [0.2, 0.2, 0.0]
+    assert rdo["rdo_rounds"] == 2 and plain["bits_per_symbol_coded"] == plain["bits_per_symbol_context"]
+    assert rdo["bits_per_symbol_context"] == plain["bits_per_symbol_context"]
+    assert all(r < p for r, p in zip(rdo["bits_per_symbol_coded"][:2], plain["bits_per_symbol_coded"][:2]))
+    assert rdo["bits_per_symbol_coded"][2] == plain["bits_per_symbol_coded"][2]
+    plain_tables, rdo_tables = (np.load(tmp_path / name / "entropy_tables.npz") for name in ("plain", "rdo"))
+    np.testing.assert_array_equal(rdo_tables["level3_context_cdf"], plain_tables["level3_context_cdf"])
+    assert not np.array_equal(rdo_tables["level1_context_cdf"], plain_tables["level1_context_cdf"])
+    # by default the service rounds with the λ the tables were fitted for
+    assert Codec.from_dir(tmp_path / "rdo", threads=1).rdoq_per_level == (0.2, 0.2, 0.0)
+    assert Codec.from_dir(tmp_path / "plain", threads=1).rdoq_per_level == (0.0, 0.0, 0.0)
+    assert Codec.from_dir(tiny_export[1], threads=1).rdoq_per_level == (0.1, 0.1, 0.0)  # tables not fitted
+    # rounding with the same λ, only the tables differ: the refitted ones code the fitting images in fewer bytes
+    images = [Image.open(path).convert("RGB") for path in sorted(small_image_dir.glob("*.png"))]
+    sizes = {name: sum(len(Codec.from_dir(tmp_path / name, threads=1, rdoq_lambda=[0.2, 0.2, 0.0]).compress(
+        image, [1, 2])) for image in images) for name in ("plain", "rdo")}
+    assert sizes["rdo"] < sizes["plain"]
+    manifest_path = tmp_path / "rdo" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for bad in ([0.2, 0.2], [0.2, -1, 0], [0.2, True, 0], "0.2"):
+        manifest["tables_fitted_on"]["rdoq_lambda"] = bad
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(ModelLoadError, match="rdoq_lambda must be one λ"):
+            load_model(tmp_path / "rdo")
+    with pytest.raises(InvalidParameter, match="between 0 and 100"):
+        export_model(model, tmp_path / "bad", fit_dir=small_image_dir, rdoq_lambda=-1)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_spatial_buckets_per_level():

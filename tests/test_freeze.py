@@ -8,7 +8,7 @@ import torch
 
 from model_export.entropy import EntropyBottleneck
 from model_export.freeze import (FrozenTables, context_bits, count_bits, fit_context_tables, fit_tables, freeze_bottleneck,
-                                 ideal_bits, quantize_pmf, save_tables, symbol_counts)
+                                 ideal_bits, quantize_pmf, runtime_coder, save_tables, symbol_counts)
 from service.entropy_coder import LevelTables, TableCoder, load_tables
 
 
@@ -210,6 +210,22 @@ def test_checkerboard_tables_code_fresh_symbols_in_fewer_bits_and_round_trip(tmp
     payload = coder.encode(fresh.astype(np.int32))
     np.testing.assert_array_equal(coder.decode(payload, 64, 64), fresh)
     assert abs(len(payload) * 8 - context_bits(checkerboard, fresh)) < 0.01 * len(payload) * 8 + 64
+
+
+def test_the_runtime_coder_of_fitted_tables_codes_what_the_saved_tables_code(tmp_path):
+    frozen = _wide_tables()
+    checkerboard = fit_context_tables(frozen, [_own_field_symbols(seed) for seed in range(4)], buckets=4,
+                                      spatial_buckets=4)
+    save_tables(tmp_path / "t.npz", [checkerboard, checkerboard])
+    saved = TableCoder(load_tables(tmp_path / "t.npz", 2, [6, 6])[1])
+    coder = runtime_coder(checkerboard)
+    fresh = _own_field_symbols(42).astype(np.int32)
+    residuals = fresh + np.random.default_rng(1).uniform(-0.5, 0.5, size=fresh.shape)
+    assert coder.encode(fresh) == saved.encode(fresh)
+    np.testing.assert_array_equal(coder.rdo_symbols(residuals, 0.1), saved.rdo_symbols(residuals, 0.1))
+    assert not np.array_equal(coder.rdo_symbols(residuals, 0.1), fresh)
+    one_table = runtime_coder(frozen)
+    np.testing.assert_array_equal(one_table.decode(one_table.encode(fresh), 64, 64), fresh)
 
 
 def test_context_fitting_rejects_bad_arguments():

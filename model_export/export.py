@@ -15,7 +15,7 @@
   ones), and then given a channel context (``--context-buckets``, default 16 tables per channel;
   ``service.channel_context``) fitted to the same symbols, with a checkerboard's second pass at every level but
   the coarsest (``--spatial-buckets``, default 8 spatial buckets), and last refitted to the symbols the runtime's
-  RDO rounding codes with them (``--fit-rdoq``, default λ 0.2 at every level but the finest);
+  RDO rounding codes with them (``--fit-rdoq``, default the service's λ, 0.1 at every level but the finest);
 - ``manifest.json``: format version, model id (hash of the files), levels, channels, strides, padding
   multiple, table precision, sha256 of every file, the training summary and validation metrics.
 
@@ -42,6 +42,7 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from service.codec import rdoq_lambdas
+from service.entropy_coder import DEFAULT_RDOQ_LAMBDA
 from service.errors import InvalidParameter
 from service.model import file_sha256, model_id_for
 
@@ -63,9 +64,6 @@ OPSET = 18
 WEIGHTS_FILE = "weights.bin"
 # refits of the tables to the RDO-rounded symbols (each round rounds again under the previous round's tables)
 DEFAULT_RDO_ROUNDS = 2
-# the RDO rounding λ the tables are fitted for at every level but the finest (chosen on val, docs/architecture.md);
-# the manifest carries it and the service rounds with it by default
-DEFAULT_FIT_RDOQ_LAMBDA = 0.2
 _MIN_EXTERNAL_ELEMENTS = 64
 
 
@@ -315,14 +313,14 @@ def export_model(
     are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`) and given a channel
     context of ``context_buckets`` tables per channel and ``spatial_buckets`` checkerboard buckets per level
     (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`), then refitted to the
-    symbols the runtime's RDO rounding picks with ``rdoq_lambda`` (one λ or one per level; ``None``:
-    ``DEFAULT_FIT_RDOQ_LAMBDA`` at every level but the finest; 0 fits plain rounding), which the manifest records
-    and the service then rounds with by default. ``refinement`` adds
+    symbols the runtime's RDO rounding picks with ``rdoq_lambda`` (one λ or one per level; ``None``: the
+    service's default rounding; 0 fits plain rounding), which the manifest records and the service then rounds
+    with by default. ``refinement`` adds
     the decoder-gradient graphs the encoder's latent refinement runs (outside the model id: they cannot change
     what a stream decodes to)."""
     levels = model.levels
     spatial = spatial_buckets_per_level(spatial_buckets, levels)
-    fit_lambdas = list(rdoq_lambdas(rdoq_lambda, levels, [DEFAULT_FIT_RDOQ_LAMBDA] * (levels - 1) + [0.0]))
+    fit_lambdas = list(rdoq_lambdas(rdoq_lambda, levels))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _set_export_mode(model)
@@ -435,8 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fit-rdoq", type=_numbers(float), default=None, metavar="λ[,λ…]",
                         help="with --fit-tables: refit the tables to the symbols the runtime's RDO rounding picks "
                              "with this λ, one for every level or one per level; the service rounds with it by "
-                             f"default (default {DEFAULT_FIT_RDOQ_LAMBDA} at every level but the finest; 0: plain "
-                             "rounding)")
+                             f"default (default {DEFAULT_RDOQ_LAMBDA} at every level but the finest, the service's "
+                             "own default; 0: plain rounding)")
     parser.add_argument("--no-refinement", action="store_true",
                         help="leave out the decoder-gradient graphs of the encoder's latent refinement")
     args = parser.parse_args(argv)

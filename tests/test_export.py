@@ -132,7 +132,7 @@ def test_tables_are_refitted_to_the_symbols_rdo_rounding_codes(tiny_export, tmp_
             conv.bias.mul_(20)
     plain = export_model(model, tmp_path / "plain", fit_dir=small_image_dir, rdoq_lambda=0)["tables_fitted_on"]
     rdo = export_model(model, tmp_path / "rdo", fit_dir=small_image_dir)["tables_fitted_on"]
-    assert plain["rdoq_lambda"] == [0.0, 0.0, 0.0] and rdo["rdoq_lambda"] == [0.2, 0.2, 0.0]
+    assert plain["rdoq_lambda"] == [0.0, 0.0, 0.0] and rdo["rdoq_lambda"] == [0.1, 0.1, 0.0]
     assert rdo["rdo_rounds"] == 2 and plain["bits_per_symbol_coded"] == plain["bits_per_symbol_context"]
     assert rdo["bits_per_symbol_context"] == plain["bits_per_symbol_context"]
     assert all(r < p for r, p in zip(rdo["bits_per_symbol_coded"][:2], plain["bits_per_symbol_coded"][:2]))
@@ -141,12 +141,14 @@ def test_tables_are_refitted_to_the_symbols_rdo_rounding_codes(tiny_export, tmp_
     np.testing.assert_array_equal(rdo_tables["level3_context_cdf"], plain_tables["level3_context_cdf"])
     assert not np.array_equal(rdo_tables["level1_context_cdf"], plain_tables["level1_context_cdf"])
     # by default the service rounds with the λ the tables were fitted for
-    assert Codec.from_dir(tmp_path / "rdo", threads=1).rdoq_per_level == (0.2, 0.2, 0.0)
+    assert Codec.from_dir(tmp_path / "rdo", threads=1).rdoq_per_level == (0.1, 0.1, 0.0)
+    export_model(model, tmp_path / "rdo2", fit_dir=small_image_dir, rdoq_lambda=[0.2, 0.2, 0])
+    assert Codec.from_dir(tmp_path / "rdo2", threads=1).rdoq_per_level == (0.2, 0.2, 0.0)
     assert Codec.from_dir(tmp_path / "plain", threads=1).rdoq_per_level == (0.0, 0.0, 0.0)
     assert Codec.from_dir(tiny_export[1], threads=1).rdoq_per_level == (0.1, 0.1, 0.0)  # tables not fitted
     # rounding with the same λ, only the tables differ: the refitted ones code the fitting images in fewer bytes
     images = [Image.open(path).convert("RGB") for path in sorted(small_image_dir.glob("*.png"))]
-    sizes = {name: sum(len(Codec.from_dir(tmp_path / name, threads=1, rdoq_lambda=[0.2, 0.2, 0.0]).compress(
+    sizes = {name: sum(len(Codec.from_dir(tmp_path / name, threads=1, rdoq_lambda=[0.1, 0.1, 0.0]).compress(
         image, [1, 2])) for image in images) for name in ("plain", "rdo")}
     assert sizes["rdo"] < sizes["plain"]
     manifest_path = tmp_path / "rdo" / "manifest.json"

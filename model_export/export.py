@@ -228,21 +228,21 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
             if rdoq_lambda[level] > 0:
                 residuals[level].append(residual.astype(np.float32))
 
-    def fit(level: int, level_symbols: list[np.ndarray]) -> FrozenTables:
-        fitted = fit_tables(tables[level], sum(symbol_counts(tables[level], s) for s in level_symbols), prior_weight)
+    def fit(level: int, level_symbols: list[np.ndarray], level_counts: np.ndarray) -> FrozenTables:
+        fitted = fit_tables(tables[level], level_counts, prior_weight)
         if not context_buckets:
             return fitted
         return fit_context_tables(fitted, level_symbols, buckets=context_buckets,
                                   spatial_buckets=spatial_buckets[level])
 
-    fitted = [fit(level, level_symbols) for level, level_symbols in enumerate(symbols)]
+    fitted = [fit(level, level_symbols, counts[level]) for level, level_symbols in enumerate(symbols)]
     plain_fit = list(fitted)
     coded = list(symbols)
     for level, lam in enumerate(rdoq_lambda):
         for _ in range(rdo_rounds if lam > 0 else 0):
             coder = runtime_coder(fitted[level])
             coded[level] = [coder.rdo_symbols(r, lam) for r in residuals[level]]
-            fitted[level] = fit(level, coded[level])
+            fitted[level] = fit(level, coded[level], sum(symbol_counts(tables[level], s) for s in coded[level]))
     report = {
         "dir": str(fit_dir),
         "images": len(images.names),

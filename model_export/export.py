@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -243,6 +244,10 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
             coder = runtime_coder(fitted[level])
             coded[level] = [coder.rdo_symbols(r, lam) for r in residuals[level]]
             fitted[level] = fit(level, coded[level], sum(symbol_counts(tables[level], s) for s in coded[level]))
+    final_symbols = [
+        [runtime_coder(fitted[level]).rdo_symbols(r, lam) for r in residuals[level]] if lam > 0 else symbols[level]
+        for level, lam in enumerate(rdoq_lambda)
+    ]
     report = {
         "dir": str(fit_dir),
         "images": len(images.names),
@@ -263,8 +268,23 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
             sum(context_bits(t, s) for s in level_symbols) / k.sum()
             for t, level_symbols, k in zip(fitted, coded, counts)
         ],
+        "level_order": level_order(images.names, fitted, final_symbols),
     }
     return fitted, report
+
+
+def level_order(names: list[str], tables: list[FrozenTables], symbols: list[list[np.ndarray]]) -> dict:
+    """Whether each level's stream is larger than the level below's on every image (``symbols[level][image]``,
+    the symbols the runtime codes), as range-coded by the runtime: the smallest ratio of the stream sizes of each
+    pair of neighbouring levels, and the images where a level is not larger than the one below."""
+    coders = [runtime_coder(t) for t in tables]
+    sizes = np.array([[len(coder.encode(s)) for s in level_symbols] for coder, level_symbols in zip(coders, symbols)])
+    ratios = sizes[1:] / np.maximum(sizes[:-1], 1)
+    out_of_order = np.flatnonzero((ratios <= 1.0).any(axis=0)) if len(sizes) > 1 else np.array([], dtype=int)
+    return {
+        "min_size_ratio": [round(float(r), 4) for r in ratios.min(axis=1)],
+        "images_out_of_order": [names[i] for i in out_of_order],
+    }
 
 
 def _entropy_coding(tables: list[FrozenTables]) -> dict:
@@ -450,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
     names = [*manifest["files"], *manifest.get("refinement", {}).get("files", {})]
     size = sum((Path(args.out_dir) / name).stat().st_size for name in names)
     print(f"wrote {args.out_dir}: model id {manifest['model_id']}, {manifest['levels']} levels, {size / 1e6:.1f} MB")
+    order = (manifest.get("tables_fitted_on") or {}).get("level_order")
+    if order:
+        print(f"level stream size ratios, smallest over the fitting images: {order['min_size_ratio']}")
+        if order["images_out_of_order"]:
+            print(f"warning: a level is not larger than the one below on {len(order['images_out_of_order'])} "
+                  f"fitting images: {', '.join(order['images_out_of_order'][:10])}", file=sys.stderr)
 
 
 if __name__ == "__main__":

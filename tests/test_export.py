@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from model_export.checkpoint import load_codec_checkpoint
-from model_export.export import export_model, spatial_buckets_per_level
+from model_export.export import export_model, level_order, spatial_buckets_per_level
+from model_export.freeze import freeze_bottleneck, runtime_coder
 from model_export.model import SSLIC, pad_to_multiple
 from service.codec import Codec, pad_image
 from service.errors import InvalidParameter, ModelLoadError
@@ -151,6 +152,13 @@ def test_tables_are_refitted_to_the_symbols_rdo_rounding_codes(tiny_export, tmp_
     sizes = {name: sum(len(Codec.from_dir(tmp_path / name, threads=1, rdoq_lambda=[0.1, 0.1, 0.0]).compress(
         image, [1, 2])) for image in images) for name in ("plain", "rdo")}
     assert sizes["rdo"] < sizes["plain"]
+    # the level order report: neighbouring levels' stream sizes on the fitting images, as the runtime codes them
+    order = rdo["level_order"]
+    codec = Codec.from_dir(tmp_path / "rdo", threads=1)
+    streams = [codec.parse(codec.compress(image, "all")).levels for image in images]
+    ratios = np.array([[len(s[i + 1].payload) / len(s[i].payload) for i in range(2)] for s in streams])
+    np.testing.assert_allclose(order["min_size_ratio"], ratios.min(axis=0), rtol=0.02)
+    assert order["images_out_of_order"] == [f"img{i}.png" for i, r in enumerate(ratios) if (r <= 1).any()]
     manifest_path = tmp_path / "rdo" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     for bad in ([0.2, 0.2], [0.2, -1, 0], [0.2, True, 0], "0.2"):
@@ -161,6 +169,18 @@ def test_tables_are_refitted_to_the_symbols_rdo_rounding_codes(tiny_export, tmp_
     with pytest.raises(InvalidParameter, match="between 0 and 100"):
         export_model(model, tmp_path / "bad", fit_dir=small_image_dir, rdoq_lambda=-1)
     assert not (tmp_path / "bad").exists()
+
+
+def test_level_order_names_the_images_where_a_level_is_not_larger_than_the_one_below(tiny_export):
+    tables = [freeze_bottleneck(bottleneck) for bottleneck in tiny_export[0].entropy]
+    sides = [[8, 16, 32], [8, 4, 32], [8, 16, 8]]  # per image, each level's side: more positions, more bytes
+    symbols = [[np.ones((t.channels, image[level], image[level]), dtype=np.int32) for image in sides]
+               for level, t in enumerate(tables)]
+    order = level_order(["rising", "level 2 too small", "level 3 too small"], tables, symbols)
+    assert order["images_out_of_order"] == ["level 2 too small", "level 3 too small"]
+    sizes = [[len(runtime_coder(t).encode(s)) for s in row] for t, row in zip(tables, symbols)]
+    assert order["min_size_ratio"] == [round(min(b / a for a, b in zip(sizes[i], sizes[i + 1])), 4) for i in (0, 1)]
+    assert order["min_size_ratio"][0] < 1 < sizes[1][0] / sizes[0][0]
 
 
 def test_spatial_buckets_per_level():

@@ -33,7 +33,7 @@ reproduce: setup
 	$(PY) -m model_export.reproduce --out runs/reproduce/sslic_default.pt
 
 export: setup
-	$(PY) -m model_export.export checkpoints/sslic_default.pt models/default --fit-tables ../shared/data/train
+	$(PY) -m model_export.export checkpoints/sslic_default.pt models/default --fit-tables ../shared/data/train --fit-rdoq 0.3,0.1,0.15,0
 
 evaluate: setup
 	$(PY) -m model_export.evaluate --model-dir models/default --out docs/results

@@ -244,8 +244,9 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
             coder = runtime_coder(fitted[level])
             coded[level] = [coder.rdo_symbols(r, lam) for r in residuals[level]]
             fitted[level] = fit(level, coded[level], sum(symbol_counts(tables[level], s) for s in coded[level]))
+    final_coders = [runtime_coder(t) for t in fitted]
     final_symbols = [
-        [runtime_coder(fitted[level]).rdo_symbols(r, lam) for r in residuals[level]] if lam > 0 else symbols[level]
+        [final_coders[level].rdo_symbols(r, lam) for r in residuals[level]] if lam > 0 else symbols[level]
         for level, lam in enumerate(rdoq_lambda)
     ]
     report = {
@@ -280,10 +281,9 @@ def level_order(names: list[str], tables: list[FrozenTables], symbols: list[list
     coders = [runtime_coder(t) for t in tables]
     sizes = np.array([[len(coder.encode(s)) for s in level_symbols] for coder, level_symbols in zip(coders, symbols)])
     ratios = sizes[1:] / np.maximum(sizes[:-1], 1)
-    out_of_order = np.flatnonzero((ratios <= 1.0).any(axis=0)) if len(sizes) > 1 else np.array([], dtype=int)
     return {
         "min_size_ratio": [round(float(r), 4) for r in ratios.min(axis=1)],
-        "images_out_of_order": [names[i] for i in out_of_order],
+        "images_out_of_order": [names[i] for i in np.flatnonzero((ratios <= 1.0).any(axis=0))],
     }
 
 

@@ -45,6 +45,12 @@ def _weights(rng: np.random.Generator, channels: int, hidden: int, classes: int)
     return {name: value.astype(np.float32) for name, value in weights.items()}
 
 
+def _check_exact(inputs: np.ndarray, weights: np.ndarray, product: np.ndarray) -> None:
+    """Raise unless the float32 ``product`` of integer-valued ``inputs`` and ``weights`` is the int64 one."""
+    if not np.array_equal(inputs.astype(np.int64) @ weights.astype(np.int64), product.astype(np.int64)):
+        raise AssertionError("float32 BLAS differed from integer arithmetic")
+
+
 def _frequencies(logits: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
     integer = logits.astype(np.int64)
     steps = np.minimum((integer.max(axis=1, keepdims=True) - integer) // 64, exp_table.size - 1)
@@ -71,15 +77,16 @@ def run(channels: int, height: int, width: int, hidden: int, radius: int, check:
             second = np.minimum(np.floor(np.maximum(first @ w["hidden"], 0) / SHIFT), ACTIVATION_MAX)
             logits = second @ w["logits"]
             if check:
-                exact = second.astype(np.int64) @ w["logits"].astype(np.int64)
-                if not (np.array_equal(exact, logits.astype(np.int64))
-                        and np.array_equal(first.astype(np.int64) @ w["hidden"].astype(np.int64),
-                                           (first @ w["hidden"]).astype(np.int64))):
-                    raise AssertionError("float32 BLAS differed from integer arithmetic")
+                _check_exact(own[half], w["own"], own[half] @ w["own"])
+                _check_exact(first, w["hidden"], first @ w["hidden"])
+                _check_exact(second, w["logits"], logits)
             frequencies.append(logits.argmax(axis=1) if tables else _frequencies(logits, exp_table))
         magnitude = np.minimum(np.abs(symbols[c]), 8)
         coded = np.stack([magnitude, 9 * magnitude, np.clip(symbols[c], -8, 8)], axis=1).astype(np.float32)
-        running += coded @ w["first"][c]
+        update = coded @ w["first"][c]
+        if check:
+            _check_exact(coded, w["first"][c], update)
+        running += update
     network_seconds = time.perf_counter() - started
     result = {
         "channels": channels, "latent": [height, width], "hidden": hidden, "classes": classes,

@@ -38,6 +38,10 @@ import torch
 from torch import nn
 
 from service.channel_context import window_sum
+from service.codec import Codec, pad_image
+from service.entropy_coder import TableCoder
+
+from .data import ImageSet
 
 __all__ = [
     "ContextNet", "OWN_NEIGHBOURS", "features", "class_of", "train_context_net", "code_length", "runtime_symbols",
@@ -168,15 +172,9 @@ def train_context_net(images: list[np.ndarray], epochs: int = 20, samples_per_im
     return net
 
 
-def runtime_symbols(model_dir: str | Path, image_dir: str | Path,
-                    levels: list[int]) -> dict[int, dict[str, np.ndarray]]:
-    """Per level of ``levels``, the symbols (C, H, W) the shipped runtime codes for every image of ``image_dir``:
+def runtime_symbols(codec: Codec, image_dir: str | Path, levels: list[int]) -> dict[int, dict[str, np.ndarray]]:
+    """Per level of ``levels``, the symbols (C, H, W) the runtime ``codec`` codes for every image of ``image_dir``:
     its encoder, its padding and its rate-distortion optimised rounding with the model's λ for that level."""
-    from service.codec import Codec, pad_image  # the runtime, without the service app
-
-    from .data import ImageSet
-
-    codec = Codec.from_dir(model_dir)
     images = ImageSet.from_dir(image_dir)
     out: dict[int, dict[str, np.ndarray]] = {level: {} for level in levels}
     for name, image in zip(images.names, images.images):
@@ -186,11 +184,8 @@ def runtime_symbols(model_dir: str | Path, image_dir: str | Path,
     return out
 
 
-def table_code_length(model_dir: str | Path, level: int, symbols: np.ndarray) -> float:
-    """Ideal code length in bits of ``symbols`` under the shipped tables and counting context of ``level``."""
-    from service.model import load_model
-
-    coder = load_model(model_dir).coders[level - 1]
+def table_code_length(coder: TableCoder, symbols: np.ndarray) -> float:
+    """Ideal code length in bits of ``symbols`` under a runtime coder's tables and counting context."""
     context = coder.tables.context
     table_ids = context.table_ids_of(symbols) if context is not None else np.zeros(symbols.shape, np.int64)
     return float(coder.bit_costs(table_ids, symbols).sum())
@@ -212,15 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     levels = [int(v) for v in args.levels.split(",")]
-    train_symbols = runtime_symbols(args.model_dir, args.train_dir, levels)
-    val_symbols = runtime_symbols(args.model_dir, args.val_dir, levels)
+    codec = Codec.from_dir(args.model_dir)
+    train_symbols = runtime_symbols(codec, args.train_dir, levels)
+    val_symbols = runtime_symbols(codec, args.val_dir, levels)
     results = []
     for level in levels:
         started = time.time()
         val = val_symbols[level]
         net = train_context_net(list(train_symbols[level].values()), args.epochs, args.samples_per_image, args.hidden,
                                 args.radius, log=lambda line: print(f"level {level}: {line}", flush=True))
-        tables = sum(table_code_length(args.model_dir, level, s) for s in val.values())
+        tables = sum(table_code_length(codec.model.coders[level - 1], s) for s in val.values())
         learned = sum(code_length(net, s) for s in val.values())
         results.append({
             "level": level, "val_kbit_tables": round(tables / 1e3, 1), "val_kbit_net": round(learned / 1e3, 1),
@@ -231,8 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         })
         print(json.dumps(results[-1]), flush=True)
     if args.out:
-        model_id = json.loads((Path(args.model_dir) / "manifest.json").read_text())["model_id"]
-        Path(args.out).write_text(json.dumps({"model_id": model_id, "levels": results}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({"model_id": codec.model_id, "levels": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def test_the_command_measures_the_shipped_model_on_real_symbols(tmp_path, small_
 
 def test_the_symbols_measured_are_those_the_runtime_codes(small_image_dir):
     codec = Codec.from_dir(MODEL_DIR)
-    symbols = runtime_symbols(MODEL_DIR, small_image_dir, [2, 4])
+    symbols = runtime_symbols(codec, small_image_dir, [2, 4])
     name = sorted(symbols[4])[0]
     image = codec.load_image((small_image_dir / name).read_bytes())
     expected = codec.symbols(image, [2, 4])
@@ -113,7 +113,7 @@ def test_the_symbols_measured_are_those_the_runtime_codes(small_image_dir):
     np.testing.assert_array_equal(symbols[4][name], expected[4])
     coder = codec.model.coders[3]
     bits = coder.bit_costs(coder.tables.context.table_ids_of(expected[4]), expected[4]).sum()
-    assert table_code_length(MODEL_DIR, 4, expected[4]) == pytest.approx(bits)
+    assert table_code_length(coder, expected[4]) == pytest.approx(bits)
 
 
 @pytest.mark.parametrize("tables", [0, 16])

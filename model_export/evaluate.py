@@ -111,6 +111,8 @@ def evaluate_pillow(
 def _model_line(model: dict) -> str:
     entropy_coding = model.get("entropy_coding", {})
     coding = entropy_coding.get("method", "factorized")
+    if entropy_coding.get("activity") == "learned":
+        coding += " with the learned activity"
     spatial = entropy_coding.get("spatial_buckets")
     if spatial:
         coding += f", checkerboard of {max(spatial)} spatial buckets at levels " + ", ".join(

@@ -208,10 +208,12 @@ class _SharedWeights:
 @torch.no_grad()
 def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path,
                    prior_weight: float, context_buckets: int, spatial_buckets: list[int],
-                   rdoq_lambda: list[float], rdo_rounds: int = DEFAULT_RDO_ROUNDS) -> tuple[list[FrozenTables], dict]:
+                   rdoq_lambda: list[float], rdo_rounds: int = DEFAULT_RDO_ROUNDS,
+                   learned_activity: bool = True) -> tuple[list[FrozenTables], dict]:
     """Refit every level's tables to the symbols of the images in ``fit_dir`` (each image whole, padded as the
     runtime pads it, rounded against the frozen medians), then fit a channel context with ``context_buckets``
-    tables per channel (0: none) and ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none).
+    tables per channel (0: none), the learned activity or the counting rule (``learned_activity``), and
+    ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none).
     Where ``rdoq_lambda[i]`` > 0 the tables are then refitted ``rdo_rounds`` times to the symbols the runtime's
     RDO rounding with that λ picks under the current tables, which are the symbols it will code. Returns the
     tables and a report for the manifest."""
@@ -234,7 +236,7 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
         if not context_buckets:
             return fitted
         return fit_context_tables(fitted, level_symbols, buckets=context_buckets,
-                                  spatial_buckets=spatial_buckets[level])
+                                  spatial_buckets=spatial_buckets[level], learned=learned_activity)
 
     fitted = [fit(level, level_symbols, counts[level]) for level, level_symbols in enumerate(symbols)]
     plain_fit = list(fitted)
@@ -292,7 +294,8 @@ def _entropy_coding(tables: list[FrozenTables]) -> dict:
     context = tables[0].context
     if context is None:
         return {"method": "factorized"}
-    coding = {"method": "channel-context", "buckets": context.buckets, "clip": context.clip, "window": context.window}
+    coding = {"method": "channel-context", "activity": "learned" if context.learned else "counting",
+              "buckets": context.buckets, "clip": context.clip, "window": context.window}
     spatial = [t.context.spatial_buckets for t in tables]
     if any(spatial):
         coding["spatial_buckets"] = spatial
@@ -328,10 +331,12 @@ def export_model(
     spatial_buckets: int | list[int] | None = None,
     refinement: bool = True,
     rdoq_lambda: float | list[float] | None = None,
+    learned_activity: bool = True,
 ) -> dict:
     """Write the artifact folder for ``model`` and return its manifest; with ``fit_dir`` the entropy tables
     are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`) and given a channel
-    context of ``context_buckets`` tables per channel and ``spatial_buckets`` checkerboard buckets per level
+    context of ``context_buckets`` tables per channel, chosen by the learned activity (``learned_activity``) or
+    the counting rule, and ``spatial_buckets`` checkerboard buckets per level
     (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`), then refitted to the
     symbols the runtime's RDO rounding picks with ``rdoq_lambda`` (one λ or one per level; ``None``: the
     service's default rounding; 0 fits plain rounding), which the manifest records and the service then rounds
@@ -376,7 +381,7 @@ def export_model(
     fit_report = None
     if fit_dir is not None:
         tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight, context_buckets, spatial,
-                                            fit_lambdas)
+                                            fit_lambdas, learned_activity=learned_activity)
     save_tables(out / "entropy_tables.npz", tables)
 
     files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
@@ -455,6 +460,9 @@ def main(argv: list[str] | None = None) -> None:
                              "with this λ, one for every level or one per level; the service rounds with it by "
                              f"default (default {DEFAULT_RDOQ_LAMBDA} at every level but the finest, the service's "
                              "own default; 0: plain rounding)")
+    parser.add_argument("--counting-context", action="store_true",
+                        help="with --context-buckets: the counting rule's activity (tables format 2/3) instead of "
+                             "the learned one (format 4)")
     parser.add_argument("--no-refinement", action="store_true",
                         help="leave out the decoder-gradient graphs of the encoder's latent refinement")
     args = parser.parse_args(argv)
@@ -464,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
         manifest = export_model(model, args.out_dir, summary=summary, precision=args.precision,
                                 fit_dir=args.fit_tables, prior_weight=args.prior_weight,
                                 context_buckets=args.context_buckets, spatial_buckets=args.spatial_buckets,
-                                refinement=not args.no_refinement, rdoq_lambda=args.fit_rdoq)
+                                refinement=not args.no_refinement, rdoq_lambda=args.fit_rdoq,
+                                learned_activity=not args.counting_context)
     except (FileNotFoundError, ValueError, InvalidParameter) as exc:
         raise SystemExit(f"export: {exc}") from exc
     names = [*manifest["files"], *manifest.get("refinement", {}).get("files", {})]

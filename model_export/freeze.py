@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.channel_context import DEFAULT_CLIP, DEFAULT_WINDOW, ChannelContext, anchor_mask, neighbour_sum
+from service.channel_context import (DEFAULT_CLIP, DEFAULT_WINDOW, ChannelContext, anchor_mask, neighbour_sum,
+                                     window_sum)
 from service.entropy_coder import LevelTables, TableCoder
 
 from .entropy import EntropyBottleneck
@@ -42,7 +43,7 @@ from .entropy import EntropyBottleneck
 __all__ = [
     "FrozenTables", "freeze_bottleneck", "quantize_pmf", "save_tables", "symbol_counts", "fit_tables", "count_bits",
     "fit_context_tables", "context_bits", "DEFAULT_PRECISION", "DEFAULT_PRIOR_WEIGHT", "DEFAULT_CONTEXT_BUCKETS",
-    "DEFAULT_CONTEXT_PSEUDO_COUNTS", "DEFAULT_SPATIAL_BUCKETS", "runtime_coder",
+    "DEFAULT_CONTEXT_PSEUDO_COUNTS", "DEFAULT_SPATIAL_BUCKETS", "learned_mixing", "runtime_coder",
 ]
 
 DEFAULT_PRECISION = 16
@@ -55,6 +56,9 @@ DEFAULT_CONTEXT_PSEUDO_COUNTS = 50.0
 DEFAULT_SPATIAL_BUCKETS = 8
 # the context weight of channel c is about _WEIGHT_SCALE / mean |symbol of c|
 _WEIGHT_SCALE = 4096
+# learned activity: channel c's largest weight, and the places per image its least squares sees
+_MIX_SCALE = 4096
+_MIX_SAMPLES = 4096
 
 
 @dataclass
@@ -194,13 +198,14 @@ def _table_indices(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
 
 def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets: int = DEFAULT_CONTEXT_BUCKETS,
                        pseudo_counts: float = DEFAULT_CONTEXT_PSEUDO_COUNTS, clip: int = DEFAULT_CLIP,
-                       window: int = DEFAULT_WINDOW, spatial_buckets: int = 0) -> FrozenTables:
+                       window: int = DEFAULT_WINDOW, spatial_buckets: int = 0, learned: bool = True) -> FrozenTables:
     """``tables`` with a channel context fitted to ``symbols`` (a list of (C, H, W) integer arrays).
 
-    The weights make every channel count alike (``4096 / (mean |s_c| + 0.05)``); channel c's B − 1 thresholds
-    are quantiles of its activity over the symbols, so its buckets hold about equal shares of them. With
-    ``spatial_buckets`` S > 0 the checkerboard's second pass gets S − 1 thresholds per channel, quantiles of the
-    anchor-neighbour sums of its positions. Each table's probabilities are the frequencies of the symbols it
+    The learned activity's weights (``learned``, :func:`learned_mixing`) predict each channel's magnitudes
+    from the earlier channels'; the counting rule's make every channel count alike (``4096 / (mean |s_c| +
+    0.05)``). Channel c's B − 1 thresholds are quantiles of its activity over the symbols, so its buckets hold
+    about equal shares of them. With ``spatial_buckets`` S > 0 the checkerboard's second pass gets S − 1
+    thresholds per channel, quantiles of the anchor-neighbour sums of its positions. Each table's probabilities are the frequencies of the symbols it
     codes with ``pseudo_counts`` symbols' worth of the channel's table."""
     if not 2 <= buckets <= 256:
         raise ValueError(f"buckets must be 2..256, got {buckets}")
@@ -211,9 +216,13 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
     if not symbols or any(s.ndim != 3 or s.shape[0] != tables.channels for s in symbols):
         raise ValueError(f"need symbol arrays of shape ({tables.channels}, H, W)")
     channels, width = tables.channels, int(tables.lengths.max())
-    mean_abs = sum(np.abs(s.astype(np.int64)).sum(axis=(1, 2)) for s in symbols) / sum(s[0].size for s in symbols)
-    weights = np.maximum(np.round(_WEIGHT_SCALE / (mean_abs + 0.05)), 1).astype(np.int64)
-    probe = ChannelContext(weights=weights, edges=np.zeros((channels, 0), np.int64), clip=clip, window=window)
+    if learned:
+        weights, mixing = None, learned_mixing(symbols, clip, window)
+    else:
+        mean_abs = sum(np.abs(s.astype(np.int64)).sum(axis=(1, 2)) for s in symbols) / sum(s[0].size for s in symbols)
+        weights, mixing = np.maximum(np.round(_WEIGHT_SCALE / (mean_abs + 0.05)), 1).astype(np.int64), None
+    probe = ChannelContext(weights=weights, edges=np.zeros((channels, 0), np.int64), clip=clip, window=window,
+                           mixing=mixing)
     activities = [probe.activities_of(s) for s in symbols]
     edges = _quantile_edges([a.reshape(channels, -1) for a in activities], buckets)
     spatial_edges = None
@@ -222,7 +231,8 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
         neighbours = [neighbour_sum(np.minimum(np.abs(s.astype(np.int64)), clip)) for s in symbols]
         spatial_edges = _quantile_edges([n.reshape(channels, -1)[:, o] for n, o in zip(neighbours, others)],
                                         spatial_buckets)
-    context = ChannelContext(weights=weights, edges=edges, clip=clip, window=window, spatial_edges=spatial_edges)
+    context = ChannelContext(weights=weights, edges=edges, clip=clip, window=window, spatial_edges=spatial_edges,
+                             mixing=mixing)
     counts = np.zeros((channels, context.tables, width), dtype=np.float64)
     for s in symbols:
         index = _table_indices(tables, s)
@@ -240,6 +250,35 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
             context_cdf[c, t, 0] = 0
             context_cdf[c, t, 1 : n + 1] = np.cumsum(quantize_pmf(probabilities, tables.precision))
     return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
+
+
+def learned_mixing(symbols: list[np.ndarray], clip: int = DEFAULT_CLIP, window: int = DEFAULT_WINDOW,
+                   samples_per_image: int = _MIX_SAMPLES) -> np.ndarray:
+    """The learned activity's weights (2, C, C) int64 for ``symbols`` (a list of (C, H, W) arrays): per channel c
+    the least-squares prediction of m_c = min(|s_c|, clip) from the earlier channels' m_k at the same place and
+    their window sums (plus a constant, not stored), over up to ``samples_per_image`` places of each image
+    drawn with a fixed seed, scaled so that channel c's largest weight is ±4096 and rounded."""
+    channels = symbols[0].shape[0]
+    rng = np.random.default_rng(0)
+    gram = np.zeros((2 * channels + 1, 2 * channels + 1))
+    for s in symbols:
+        magnitudes = np.minimum(np.abs(s.astype(np.int64)), clip)
+        windowed = window_sum(magnitudes, window)
+        features = np.concatenate([magnitudes.reshape(channels, -1), windowed.reshape(channels, -1)])
+        places = rng.choice(features.shape[1], size=min(features.shape[1], samples_per_image), replace=False)
+        sample = np.concatenate([features[:, places], np.ones((1, places.size))]).astype(np.float64)
+        gram += sample @ sample.T
+    mixing = np.zeros((2, channels, channels), dtype=np.int64)
+    for c in range(1, channels):
+        columns = np.r_[0:c, channels : channels + c, 2 * channels]
+        normal = gram[np.ix_(columns, columns)]
+        ridge = 1e-6 * np.trace(normal) / columns.size + 1e-9
+        coefficients = np.linalg.solve(normal + ridge * np.eye(columns.size), gram[columns, c])[:-1]
+        peak = np.abs(coefficients).max()
+        if peak > 0:
+            scaled = np.round(coefficients * (_MIX_SCALE / peak)).astype(np.int64)
+            mixing[0, c, :c], mixing[1, c, :c] = scaled[:c], scaled[c:]
+    return mixing
 
 
 def runtime_coder(tables: FrozenTables) -> TableCoder:
@@ -318,7 +357,10 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
         arrays[f"level{level}_offsets"] = table.offsets
         arrays[f"level{level}_medians"] = table.medians
         if table.context is not None:
-            arrays[f"level{level}_context_weights"] = table.context.weights.astype(np.int64)
+            if table.context.learned:
+                arrays[f"level{level}_context_mix"] = table.context.mixing.astype(np.int64)
+            else:
+                arrays[f"level{level}_context_weights"] = table.context.weights.astype(np.int64)
             arrays[f"level{level}_context_edges"] = table.context.edges.astype(np.int64)
             arrays[f"level{level}_context_cdf"] = table.context_cdf.astype(np.int32)
             if table.context.spatial_edges is not None:
@@ -332,9 +374,12 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
 
 
 def _table_format(tables: list[FrozenTables]) -> int:
-    """1: one table per channel; 2: channel context; 3: channel context, some levels with the checkerboard."""
+    """1: one table per channel; 2: channel context; 3: channel context, some levels with the checkerboard;
+    4: channel context, some levels with the learned activity."""
     if tables[0].context is None:
         return 1
+    if any(t.context.learned for t in tables):
+        return 4
     return 3 if any(t.context.spatial_edges is not None for t in tables) else 2
 
 

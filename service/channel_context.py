@@ -21,6 +21,14 @@ knows its four neighbours in its own channel, all anchors:
 
 and is coded with table B + b_c(i, j) · S + s_c(i, j): B · (1 + S) tables per channel in all (He et al. 2021,
 "Checkerboard Context Model", here by counting).
+
+The learned activity (tables format 4, ``mixing`` (2, C, C) in place of ``weights``) weighs every earlier
+channel for every channel, at the symbol's own place and over its window: with m_k = min(|s_k|, clip)
+
+    A_c(i, j) = Σ_{k < c} P_ck · m_k(i, j) + the 3×3 window sum of Σ_{k < c} Q_ck · m_k        (P, Q = mixing)
+
+The weights are a least-squares prediction of m_c, fitted at export and stored as integers; the sums run in
+float64 matrix products, exact because every partial sum is an integer below 2**53 (``activity_bound``).
 """
 
 from __future__ import annotations
@@ -31,26 +39,50 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "ChannelContext", "ContextState", "DEFAULT_CLIP", "DEFAULT_WINDOW", "anchor_mask", "bucket_of", "neighbour_sum",
-    "window_sum",
+    "ChannelContext", "ContextState", "DEFAULT_CLIP", "DEFAULT_WINDOW", "EXACT_LIMIT", "anchor_mask", "bucket_of",
+    "neighbour_sum", "window_sum",
 ]
 
 DEFAULT_CLIP = 255
 DEFAULT_WINDOW = 3
 # below this many positions one binary search beats a pass per threshold
 _SMALL = 2048
+# float64 holds every integer below this exactly: the learned activity's sums must stay below it
+EXACT_LIMIT = 1 << 53
 
 
 @dataclass(frozen=True)
 class ChannelContext:
-    """Per-level context parameters: ``weights`` (C,) int64 ≥ 0, ``edges`` (C, B − 1) int64 non-decreasing,
-    and, for the checkerboard, ``spatial_edges`` (C, S − 1) int64 non-decreasing (``None``: one pass)."""
+    """Per-level context parameters: the counting rule's ``weights`` (C,) int64 ≥ 0 or the learned rule's
+    ``mixing`` (2, C, C) int64, zero on and above the diagonal (exactly one of them), ``edges`` (C, B − 1) int64
+    non-decreasing, and, for the checkerboard, ``spatial_edges`` (C, S − 1) int64 non-decreasing (``None``: one
+    pass)."""
 
-    weights: np.ndarray
+    weights: np.ndarray | None
     edges: np.ndarray
     clip: int = DEFAULT_CLIP
     window: int = DEFAULT_WINDOW
     spatial_edges: np.ndarray | None = None
+    mixing: np.ndarray | None = None
+
+    @property
+    def learned(self) -> bool:
+        """Whether the activity is the learned rule's (``mixing``) rather than the counting rule's."""
+        return self.mixing is not None
+
+    def activity_bound(self) -> int:
+        """The largest |A_c| any symbols can give."""
+        if self.mixing is None:
+            return int(self.clip) * int(self.weights.astype(np.int64).sum()) * self.window * self.window
+        per_channel = np.abs(self.mixing.astype(np.int64)).sum(axis=2).max(axis=1)
+        return int(self.clip) * (int(per_channel[0]) + self.window * self.window * int(per_channel[1]))
+
+    @functools.cached_property
+    def mixing_rows(self) -> list[np.ndarray | None]:
+        """Per channel c the contiguous float64 rows (2, c) of ``mixing``, ``None`` where they are all zero."""
+        rows = self.mixing.astype(np.float64)
+        return [np.ascontiguousarray(rows[:, c, :c]) if rows[:, c, :c].any() else None
+                for c in range(rows.shape[1])]
 
     @property
     def buckets(self) -> int:
@@ -79,11 +111,19 @@ class ChannelContext:
         return neighbour_sum(np.minimum(np.abs(values.astype(np.int64)), self.clip))
 
     def start(self, height: int, width: int) -> "ContextState":
-        return ContextState(self, np.zeros((height, width), dtype=np.int64))
+        if self.mixing is None:
+            return ContextState(self, np.zeros((height, width), dtype=np.int64))
+        return ContextState(self, np.zeros((self.mixing.shape[1], height * width), dtype=np.float64), (height, width))
 
     def activities_of(self, symbols: np.ndarray) -> np.ndarray:
         """Activity A_c of every symbol of ``symbols`` (C, H, W), as the decoder will find it: int64 (C, H, W)."""
-        magnitudes = np.minimum(np.abs(symbols.astype(np.int64)), self.clip) * self.weights[:, None, None]
+        magnitudes = np.minimum(np.abs(symbols.astype(np.int64)), self.clip)
+        if self.mixing is not None:
+            flat = magnitudes.reshape(magnitudes.shape[0], -1).astype(np.float64)
+            mixing = self.mixing.astype(np.float64)
+            centre = (mixing[0] @ flat).astype(np.int64).reshape(symbols.shape)
+            return centre + window_sum((mixing[1] @ flat).astype(np.int64).reshape(symbols.shape), self.window)
+        magnitudes *= self.weights[:, None, None]
         running = np.zeros_like(magnitudes)
         np.cumsum(magnitudes[:-1], axis=0, out=running[1:])
         return window_sum(running, self.window)
@@ -107,23 +147,36 @@ class ChannelContext:
 
 @dataclass
 class ContextState:
-    """The running weighted activity R_c while a level is coded channel after channel."""
+    """What the coded channels leave for the next ones while a level is coded channel after channel: the
+    counting rule's running activity R (int64 (H, W)), or the learned rule's magnitudes of every channel
+    (float64 (C, H · W), zero until coded)."""
 
     context: ChannelContext
-    running: np.ndarray  # int64 (H, W)
+    running: np.ndarray
+    shape: tuple[int, int] | None = None  # (H, W) of the learned rule's planes
 
-    def activity(self) -> np.ndarray:
-        """A (H, W) of the next channel: the windowed sum of the running activity."""
-        return window_sum(self.running, self.context.window)
+    def activity(self, channel: int) -> np.ndarray:
+        """A_c (H, W) int64 of ``channel`` from the channels added so far."""
+        if self.shape is None:
+            return window_sum(self.running, self.context.window)
+        rows = self.context.mixing_rows[channel]
+        if rows is None:
+            return np.zeros(self.shape, dtype=np.int64)
+        coded = self.running[:channel]
+        centre = (rows[0] @ coded).astype(np.int64).reshape(self.shape)
+        return centre + window_sum((rows[1] @ coded).astype(np.int64).reshape(self.shape), self.context.window)
 
     def buckets(self, channel: int) -> np.ndarray:
         """Buckets b_c (H, W) uint8 of ``channel`` from the channels added so far."""
-        return bucket_of(self.activity(), self.context.edges[channel])
+        return bucket_of(self.activity(channel), self.context.edges[channel])
 
     def add(self, channel: int, symbols: np.ndarray) -> None:
-        """Add a coded channel's symbols (H, W) to the running activity."""
+        """Add a coded channel's symbols (H, W) to what later channels see."""
         magnitude = np.minimum(np.abs(symbols.astype(np.int64)), self.context.clip)
-        self.running += int(self.context.weights[channel]) * magnitude
+        if self.shape is None:
+            self.running += int(self.context.weights[channel]) * magnitude
+        else:
+            self.running[channel] = magnitude.reshape(-1)
 
 
 def _count_edges(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

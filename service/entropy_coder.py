@@ -8,8 +8,10 @@ its value follows right after its channel's symbols: per escaped symbol a bit le
 first, raster order inside a bucket), each with its bucket's table, then its escapes in raster order. With
 the checkerboard (tables format 3, levels with spatial thresholds) a channel is coded in two such passes: its
 anchors ((i + j) even) table by table and their escapes, then the other positions, whose tables also depend
-on their four anchor neighbours, table by table and their escapes. Only the stored integer tables are used,
-so a stream decodes the same on every machine. Decoding checks that every word of the payload was used.
+on their four anchor neighbours, table by table and their escapes. Tables format 4 codes the same way; only
+the activity that picks a symbol's bucket is the learned rule's at levels that store its weights. Only the
+stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that every word
+of the payload was used.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import constriction
 import numpy as np
 
-from .channel_context import ChannelContext, anchor_mask
+from .channel_context import EXACT_LIMIT, ChannelContext, anchor_mask
 from .errors import CorruptStream, ModelLoadError, TrailingData
 
 __all__ = ["LevelTables", "TableCoder", "load_tables", "MAX_ABS_SYMBOL", "DEFAULT_RDOQ_LAMBDA"]
@@ -62,7 +64,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
     with archive:
         try:
             version = int(archive["format_version"][0])
-            if version not in (1, 2, 3):
+            if version not in (1, 2, 3, 4):
                 raise ModelLoadError(f"{path}: unknown table format {version}")
             precision = int(archive["precision"][0])
             if int(archive["levels"][0]) != levels:
@@ -74,7 +76,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
                     offsets=archive[f"level{i}_offsets"].astype(np.int64),
                     medians=archive[f"level{i}_medians"].astype(np.float32),
                     precision=precision,
-                    **(_context_arrays(archive, i) if version >= 2 else {}),
+                    **(_context_arrays(archive, i, learned=version >= 4) if version >= 2 else {}),
                 )
                 for i in range(1, levels + 1)
             ]
@@ -85,14 +87,18 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
     return tables
 
 
-def _context_arrays(archive, level: int) -> dict:
-    spatial = f"level{level}_spatial_edges"
+def _context_arrays(archive, level: int, learned: bool) -> dict:
+    """A level's channel context: the counting rule's weights, or (format 4, where the level has them) the
+    learned rule's mixing weights."""
+    spatial, mixing = f"level{level}_spatial_edges", f"level{level}_context_mix"
+    learned = learned and mixing in archive.files
     context = ChannelContext(
-        weights=archive[f"level{level}_context_weights"].astype(np.int64),
+        weights=None if learned else archive[f"level{level}_context_weights"].astype(np.int64),
         edges=archive[f"level{level}_context_edges"].astype(np.int64),
         clip=int(archive["context_clip"][0]),
         window=int(archive["context_window"][0]),
         spatial_edges=archive[spatial].astype(np.int64) if spatial in archive.files else None,
+        mixing=archive[mixing].astype(np.int64) if learned else None,
     )
     return {"context": context, "context_cdf": archive[f"level{level}_context_cdf"].astype(np.int64)}
 
@@ -123,10 +129,12 @@ def _check_table(table: LevelTables, channels: int, level: int) -> None:
 
 def _check_context(table: LevelTables, level: int) -> None:
     context, cdf, total = table.context, table.context_cdf, 1 << table.precision
-    buckets = context.buckets
-    if not 2 <= buckets <= 256 or context.weights.shape != (table.channels,) or context.edges.ndim != 2:
-        raise ModelLoadError(f"level {level}: context weights {context.weights.shape} and edges {context.edges.shape} "
-                             f"do not fit {table.channels} channels")
+    buckets, channels = context.buckets, table.channels
+    rule = context.mixing if context.learned else context.weights
+    if (not 2 <= buckets <= 256 or rule.shape != ((2, channels, channels) if context.learned else (channels,))
+            or context.edges.shape[0] != channels or context.edges.ndim != 2):
+        raise ModelLoadError(f"level {level}: context weights {rule.shape} and edges {context.edges.shape} "
+                             f"do not fit {channels} channels")
     spatial = context.spatial_edges
     if spatial is not None and (spatial.ndim != 2 or spatial.shape[0] != table.channels
                                 or not 2 <= spatial.shape[1] + 1 <= 256 or np.any(np.diff(spatial, axis=1) < 0)):
@@ -135,10 +143,17 @@ def _check_context(table: LevelTables, level: int) -> None:
     if cdf is None or cdf.shape[:2] != (table.channels, context.tables) or cdf.shape[2] < int(table.lengths.max()) + 1:
         raise ModelLoadError(f"level {level}: context tables of shape {None if cdf is None else cdf.shape}, "
                              f"expected {context.tables} per channel")
-    if np.any(context.weights < 0) or np.any(context.weights > 1 << 24) or np.any(np.diff(context.edges, axis=1) < 0):
-        raise ModelLoadError(f"level {level}: context weights out of range or thresholds not sorted")
+    if np.any(np.diff(context.edges, axis=1) < 0):
+        raise ModelLoadError(f"level {level}: context thresholds not sorted")
     if not 1 <= context.clip <= 1 << 16 or context.window not in (1, 3, 5, 7):
         raise ModelLoadError(f"level {level}: context clip {context.clip} or window {context.window} out of range")
+    if context.learned:
+        if np.any(np.triu(context.mixing[0])) or np.any(np.triu(context.mixing[1])):
+            raise ModelLoadError(f"level {level}: a channel's learned context weighs itself or a later channel")
+        if context.activity_bound() >= EXACT_LIMIT:
+            raise ModelLoadError(f"level {level}: learned context weights too large to sum exactly")
+    elif np.any(context.weights < 0) or np.any(context.weights > 1 << 24):
+        raise ModelLoadError(f"level {level}: context weights out of range")
     for t in range(context.tables):
         if _bad_rows(cdf[:, t, :], table.lengths, total).size:
             raise ModelLoadError(f"level {level} table {t}: a context CDF is not strictly increasing from 0 to {total}")

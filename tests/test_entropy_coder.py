@@ -143,6 +143,26 @@ def _checkerboard_tables(channels: int, buckets: int = 4, spatial: int = 3, half
     return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
 
 
+def _learned(tables: LevelTables) -> LevelTables:
+    """``tables`` with the learned activity in place of the counting rule: hand-made weights, some negative, on
+    the earlier channels at the symbol's place and over its window."""
+    channels = tables.channels
+    mixing = np.zeros((2, channels, channels), dtype=np.int64)
+    for c in range(1, channels):
+        mixing[0, c, :c] = np.arange(c) % 3 + 1
+        mixing[1, c, c - 1] = 1
+        mixing[1, c, 0] = -1 if c > 1 else 0
+    return dataclasses.replace(tables, context=dataclasses.replace(tables.context, weights=None, mixing=mixing))
+
+
+def _learned_tables(channels: int) -> LevelTables:
+    return _learned(_context_tables(channels))
+
+
+def _learned_checkerboard_tables(channels: int) -> LevelTables:
+    return _learned(_checkerboard_tables(channels))
+
+
 def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
     """Symbols whose scale follows one smooth busy/flat field shared by all channels."""
     field = np.repeat(np.repeat(rng.uniform(0.1, 3.0, size=(height // 4 + 1, width // 4 + 1)), 4, 0), 4, 1)
@@ -151,7 +171,8 @@ def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: i
 
 # the encoder finds the buckets of small levels all at once and of large ones channel by channel, as decoding does
 @pytest.mark.parametrize("height, width", [(19, 26), (230, 240), (1, 1), (1, 7)])
-@pytest.mark.parametrize("make_tables", [_context_tables, _checkerboard_tables])
+@pytest.mark.parametrize("make_tables", [_context_tables, _checkerboard_tables, _learned_tables,
+                                         _learned_checkerboard_tables])
 def test_channel_context_round_trip_is_exact_and_byte_identical(height, width, make_tables):
     rng = np.random.default_rng(3)
     coder = TableCoder(make_tables(5))
@@ -170,25 +191,27 @@ def test_channel_context_round_trip_is_exact_and_byte_identical(height, width, m
 
 
 @pytest.mark.parametrize("height, width", [(12, 9), (60, 50)])  # one binary search / a pass per threshold
-def test_channel_context_buckets_are_what_the_decoder_sees(height, width):
+@pytest.mark.parametrize("make_tables", [_context_tables, _learned_tables])
+def test_channel_context_buckets_are_what_the_decoder_sees(height, width, make_tables):
     rng = np.random.default_rng(4)
-    context = _context_tables(4).context
+    context = make_tables(4).context
     symbols = _busy_symbols(rng, 4, height, width)
     buckets = context.buckets_of(symbols)  # the encoder's, all channels at once
     state = context.start(height, width)  # the decoder's, channel after channel
     for c in range(4):
         np.testing.assert_array_equal(state.buckets(c), buckets[c])
-        np.testing.assert_array_equal(buckets[c], np.searchsorted(context.edges[c], state.activity(), side="right"))
+        np.testing.assert_array_equal(buckets[c], np.searchsorted(context.edges[c], state.activity(c), side="right"))
         state.add(c, symbols[c])
     assert np.all(buckets[0] == np.searchsorted(context.edges[0], 0, side="right"))
     assert len(np.unique(buckets[1:])) >= 3  # the context varies with the busy field
 
 
 @pytest.mark.parametrize("height, width", [(12, 9), (60, 50)])
-def test_checkerboard_tables_are_what_the_decoder_sees(height, width):
+@pytest.mark.parametrize("make_tables", [_checkerboard_tables, _learned_checkerboard_tables])
+def test_checkerboard_tables_are_what_the_decoder_sees(height, width, make_tables):
     """The encoder's table of every symbol, all channels at once, is what the decoder finds from the channels
     before and only the anchors of the symbol's own channel."""
-    context = _checkerboard_tables(4).context
+    context = make_tables(4).context
     symbols = _busy_symbols(np.random.default_rng(9), 4, height, width)
     table_ids = context.table_ids_of(symbols)
     anchors = anchor_mask(height, width)
@@ -214,11 +237,15 @@ def _save_context_tables(path: Path, tables: LevelTables, **overrides) -> None:
         "format_version": np.array([2]), "precision": np.array([16]), "levels": np.array([1]),
         "context_clip": np.array([255]), "context_window": np.array([3]),
         "level1_cdf": tables.cdf, "level1_lengths": tables.lengths, "level1_offsets": tables.offsets,
-        "level1_medians": tables.medians, "level1_context_weights": tables.context.weights,
-        "level1_context_edges": tables.context.edges, "level1_context_cdf": tables.context_cdf,
+        "level1_medians": tables.medians, "level1_context_edges": tables.context.edges,
+        "level1_context_cdf": tables.context_cdf,
     }
     if tables.context.spatial_edges is not None:
         arrays.update({"format_version": np.array([3]), "level1_spatial_edges": tables.context.spatial_edges})
+    if tables.context.learned:
+        arrays.update({"format_version": np.array([4]), "level1_context_mix": tables.context.mixing})
+    else:
+        arrays["level1_context_weights"] = tables.context.weights
     arrays.update(overrides)
     np.savez(path, **arrays)
 
@@ -249,6 +276,53 @@ def test_context_tables_load_and_bad_ones_are_rejected(tmp_path):
             np.savez(tmp_path / "bad.npz", **data)
         with pytest.raises(ModelLoadError):
             load_tables(tmp_path / "bad.npz", 1, [3])
+
+
+def test_learned_activity_is_exact_integer_arithmetic_up_to_its_bound():
+    """Float64 matrix products give the learned activity; with weights near the loader's limit they still
+    equal int64 arithmetic, for all channels at once and channel by channel."""
+    rng = np.random.default_rng(13)
+    context = _learned_tables(6).context
+    mixing = np.tril(rng.integers(-(1 << 40), 1 << 40, size=(2, 6, 6)), k=-1)
+    context = dataclasses.replace(context, mixing=mixing)
+    assert 2**51 < context.activity_bound() < 2**53
+    symbols = rng.integers(-300, 300, size=(6, 7, 5))
+    magnitudes = np.minimum(np.abs(symbols), 255).astype(np.int64)
+    centre = np.einsum("ck,khw->chw", mixing[0], magnitudes)
+    expected = centre + window_sum(np.einsum("ck,khw->chw", mixing[1], magnitudes), 3)
+    np.testing.assert_array_equal(context.activities_of(symbols), expected)
+    state = context.start(7, 5)
+    for c in range(6):
+        np.testing.assert_array_equal(state.activity(c), expected[c])
+        state.add(c, symbols[c])
+
+
+def test_learned_context_tables_load_and_bad_ones_are_rejected(tmp_path):
+    tables = _learned_checkerboard_tables(3)
+    _save_context_tables(tmp_path / "good.npz", tables)
+    loaded = load_tables(tmp_path / "good.npz", 1, [3])[0]
+    assert loaded.context.learned and loaded.context.weights is None
+    symbols = _busy_symbols(np.random.default_rng(12), 3, 9, 8)
+    assert TableCoder(loaded).encode(symbols) == TableCoder(tables).encode(symbols)
+    mixing = tables.context.mixing
+    sees_itself, sees_later = mixing.copy(), mixing.copy()
+    sees_itself[0, 1, 1] = 1
+    sees_later[1, 0, 2] = 1
+    huge = mixing.copy()
+    huge[0, 2, 0] = 1 << 46  # times a magnitude of 255, its sums would leave float64's exact integers
+    for name, overrides in {
+        "weighs itself": {"level1_context_mix": sees_itself},
+        "weighs a later channel": {"level1_context_mix": sees_later},
+        "too large": {"level1_context_mix": huge},
+        "wrong shape": {"level1_context_mix": mixing[:, :2, :2]},
+        "one matrix": {"level1_context_mix": mixing[0]},
+    }.items():
+        _save_context_tables(tmp_path / "bad.npz", tables, **overrides)
+        with pytest.raises(ModelLoadError):
+            load_tables(tmp_path / "bad.npz", 1, [3])
+    _save_context_tables(tmp_path / "old.npz", tables, format_version=np.array([3]))
+    with pytest.raises(ModelLoadError, match="missing"):  # format 3 has no learned activity: weights needed
+        load_tables(tmp_path / "old.npz", 1, [3])
 
 
 def test_checkerboard_tables_load_and_bad_ones_are_rejected(tmp_path):

@@ -104,8 +104,9 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     assert all(f < b for f, b in zip(report["bits_per_symbol_fitted"], report["bits_per_symbol_frozen"]))
     assert all(c < f for c, f in zip(report["bits_per_symbol_context"], report["bits_per_symbol_fitted"]))
     assert manifest["entropy_coding"] == {"method": "factorized"}
-    assert fitted["entropy_coding"] == {"method": "channel-context", "buckets": 16, "clip": 255, "window": 3,
-                                        "spatial_buckets": [0, 8, 8]}
+    assert fitted["entropy_coding"] == {"method": "channel-context", "activity": "learned", "buckets": 16,
+                                        "clip": 255, "window": 3, "spatial_buckets": [0, 8, 8]}
+    assert int(np.load(tmp_path / "entropy_tables.npz")["format_version"][0]) == 4
     assert report["spatial_buckets"] == [0, 8, 8]
     assert fitted["model_id"] != manifest["model_id"]
     codec = Codec.from_dir(tmp_path, threads=1)
@@ -115,11 +116,16 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     with pytest.raises(FileNotFoundError):
         export_model(model, tmp_path / "none", fit_dir=tmp_path / "no-such-folder")
     channel_only = export_model(model, tmp_path / "channel", fit_dir=small_image_dir, spatial_buckets=0)
-    assert channel_only["entropy_coding"] == {"method": "channel-context", "buckets": 16, "clip": 255, "window": 3}
+    assert channel_only["entropy_coding"] == {"method": "channel-context", "activity": "learned", "buckets": 16,
+                                              "clip": 255, "window": 3}
     without = channel_only["tables_fitted_on"]["bits_per_symbol_context"]
     with_spatial = report["bits_per_symbol_context"]
     # level 1 keeps one pass; the others get the checkerboard (its gain is tested on busy symbols in test_freeze)
     assert with_spatial[0] == without[0] and all(s != c for s, c in zip(with_spatial[1:], without[1:]))
+    counting = export_model(model, tmp_path / "counting", fit_dir=small_image_dir, learned_activity=False)
+    assert counting["entropy_coding"]["activity"] == "counting"
+    assert int(np.load(tmp_path / "counting" / "entropy_tables.npz")["format_version"][0]) == 3
+    assert counting["tables_fitted_on"]["bits_per_symbol_fitted"] == report["bits_per_symbol_fitted"]
     one_table = export_model(model, tmp_path / "one", fit_dir=small_image_dir, context_buckets=0)
     assert one_table["entropy_coding"] == {"method": "factorized"}
     assert one_table["tables_fitted_on"]["bits_per_symbol_fitted"] == report["bits_per_symbol_fitted"]

@@ -167,12 +167,14 @@ def test_context_tables_code_fresh_busy_symbols_in_fewer_bits_than_one_table_per
     np.testing.assert_array_equal(context.cdf, fitted.cdf)
 
 
-def test_context_tables_survive_saving_and_code_any_symbol_exactly(tmp_path):
+@pytest.mark.parametrize("learned, table_format", [(False, 2), (True, 4)])
+def test_context_tables_survive_saving_and_code_any_symbol_exactly(tmp_path, learned, table_format):
     frozen = _wide_tables()
-    context = fit_context_tables(frozen, [_busy_symbols(0)], buckets=4)
+    context = fit_context_tables(frozen, [_busy_symbols(0)], buckets=4, learned=learned)
     save_tables(tmp_path / "t.npz", [context, context])
     loaded = load_tables(tmp_path / "t.npz", 2, [6, 6])
-    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 2
+    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == table_format
+    assert loaded[1].context.learned == learned
     symbols = _busy_symbols(7).astype(np.int32)
     symbols[:, 0, :3] = [[-100_000], [5_000], [70_000], [0], [1], [-1]]
     coder = TableCoder(loaded[1])
@@ -195,8 +197,8 @@ def _own_field_symbols(seed: int, channels: int = 6, size: int = 64) -> np.ndarr
 def test_checkerboard_tables_code_fresh_symbols_in_fewer_bits_and_round_trip(tmp_path):
     frozen = _wide_tables()
     training = [_own_field_symbols(seed) for seed in range(8)]
-    channel_only = fit_context_tables(frozen, training, buckets=8)
-    checkerboard = fit_context_tables(frozen, training, buckets=8, spatial_buckets=4)
+    channel_only = fit_context_tables(frozen, training, buckets=8, learned=False)
+    checkerboard = fit_context_tables(frozen, training, buckets=8, spatial_buckets=4, learned=False)
     fresh = _own_field_symbols(99)
     assert context_bits(checkerboard, fresh) < 0.97 * context_bits(channel_only, fresh)
     assert checkerboard.context_cdf.shape == (6, 8 * (1 + 4), frozen.cdf.shape[1])
@@ -212,10 +214,34 @@ def test_checkerboard_tables_code_fresh_symbols_in_fewer_bits_and_round_trip(tmp
     assert abs(len(payload) * 8 - context_bits(checkerboard, fresh)) < 0.01 * len(payload) * 8 + 64
 
 
-def test_the_runtime_coder_of_fitted_tables_codes_what_the_saved_tables_code(tmp_path):
+def _paired_symbols(seed: int, size: int = 48) -> np.ndarray:
+    """Six channels: 0–2 with busy/flat fields of their own, 3–5 following the field of channel c − 3 only (an
+    image's latents tie some channels together far more than others)."""
+    rng = np.random.default_rng(seed)
+    fields = np.kron(np.exp(rng.uniform(np.log(0.1), np.log(8.0), size=(3, size // 4, size // 4))), np.ones((1, 4, 4)))
+    return np.rint(rng.laplace(0, 1, size=(6, size, size)) * np.concatenate([fields, fields])).astype(np.int64)
+
+
+def test_the_learned_activity_finds_which_earlier_channels_matter():
+    frozen = _wide_tables()
+    training = [_paired_symbols(seed) for seed in range(8)]
+    counting = fit_context_tables(frozen, training, buckets=8, learned=False)
+    learned = fit_context_tables(frozen, training, buckets=8)
+    mixing = learned.context.mixing
+    assert mixing.shape == (2, 6, 6) and not np.triu(mixing[0]).any() and not np.triu(mixing[1]).any()
+    for c in range(3, 6):  # channel c − 3 weighs most, at the symbol's place or over its window
+        strongest = np.abs(mixing[:, c, :c]).max(axis=0)
+        assert np.argmax(strongest) == c - 3 and np.abs(mixing[:, c, :c]).max() == 4096
+    fresh = _paired_symbols(99)
+    assert context_bits(learned, fresh) < 0.97 * context_bits(counting, fresh)  # channels 3–5 gain, 0–2 cannot
+    np.testing.assert_array_equal(fit_context_tables(frozen, training, buckets=8).context.mixing, mixing)
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_the_runtime_coder_of_fitted_tables_codes_what_the_saved_tables_code(tmp_path, learned):
     frozen = _wide_tables()
     checkerboard = fit_context_tables(frozen, [_own_field_symbols(seed) for seed in range(4)], buckets=4,
-                                      spatial_buckets=4)
+                                      spatial_buckets=4, learned=learned)
     save_tables(tmp_path / "t.npz", [checkerboard, checkerboard])
     saved = TableCoder(load_tables(tmp_path / "t.npz", 2, [6, 6])[1])
     coder = runtime_coder(checkerboard)

@@ -285,6 +285,8 @@ def test_evaluation_pipeline_with_stand_in_codec():
     markdown = evaluate.render_markdown(report)
     assert "## sslic per level" in markdown and "kodim10" in markdown and "NIQE" in markdown
     report["model"] = {"model_id": "m", "rdoq_lambda": [0.1, 0],
-                       "entropy_coding": {"method": "channel-context", "spatial_buckets": [0, 8]}}
-    assert ("m (entropy coding: channel-context, checkerboard of 8 spatial buckets at levels 2; "
+                       "entropy_coding": {"method": "channel-context", "activity": "learned",
+                                          "spatial_buckets": [0, 8]}}
+    assert ("m (entropy coding: channel-context with the learned activity, checkerboard of 8 spatial buckets at "
+            "levels 2; "
             "RDO rounding λ per level: 0.1 / 0") in evaluate.render_markdown(report)

@@ -28,7 +28,8 @@ channel for every channel, at the symbol's own place and over its window: with m
     A_c(i, j) = Σ_{k < c} P_ck · m_k(i, j) + the 3×3 window sum of Σ_{k < c} Q_ck · m_k        (P, Q = mixing)
 
 The weights are a least-squares prediction of m_c, fitted at export and stored as integers; the sums run in
-float64 matrix products, exact because every partial sum is an integer below 2**53 (``activity_bound``).
+float64 with ``numpy.einsum`` (its own single-threaded loops: a multi-threaded BLAS stalls when other work
+holds the cores), exact because every partial sum is an integer below 2**53 (``activity_bound``).
 """
 
 from __future__ import annotations
@@ -120,9 +121,8 @@ class ChannelContext:
         magnitudes = np.minimum(np.abs(symbols.astype(np.int64)), self.clip)
         if self.mixing is not None:
             flat = magnitudes.reshape(magnitudes.shape[0], -1).astype(np.float64)
-            mixing = self.mixing.astype(np.float64)
-            centre = (mixing[0] @ flat).astype(np.int64).reshape(symbols.shape)
-            return centre + window_sum((mixing[1] @ flat).astype(np.int64).reshape(symbols.shape), self.window)
+            mixed = np.einsum("rck,kn->rcn", self.mixing.astype(np.float64), flat).astype(np.int64)
+            return mixed[0].reshape(symbols.shape) + window_sum(mixed[1].reshape(symbols.shape), self.window)
         magnitudes *= self.weights[:, None, None]
         running = np.zeros_like(magnitudes)
         np.cumsum(magnitudes[:-1], axis=0, out=running[1:])
@@ -162,9 +162,8 @@ class ContextState:
         rows = self.context.mixing_rows[channel]
         if rows is None:
             return np.zeros(self.shape, dtype=np.int64)
-        coded = self.running[:channel]
-        centre = (rows[0] @ coded).astype(np.int64).reshape(self.shape)
-        return centre + window_sum((rows[1] @ coded).astype(np.int64).reshape(self.shape), self.context.window)
+        mixed = np.einsum("rk,kn->rn", rows, self.running[:channel]).astype(np.int64)
+        return mixed[0].reshape(self.shape) + window_sum(mixed[1].reshape(self.shape), self.context.window)
 
     def buckets(self, channel: int) -> np.ndarray:
         """Buckets b_c (H, W) uint8 of ``channel`` from the channels added so far."""

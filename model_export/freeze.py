@@ -205,8 +205,8 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
     from the earlier channels'; the counting rule's make every channel count alike (``4096 / (mean |s_c| +
     0.05)``). Channel c's B − 1 thresholds are quantiles of its activity over the symbols, so its buckets hold
     about equal shares of them. With ``spatial_buckets`` S > 0 the checkerboard's second pass gets S − 1
-    thresholds per channel, quantiles of the anchor-neighbour sums of its positions. Each table's probabilities are the frequencies of the symbols it
-    codes with ``pseudo_counts`` symbols' worth of the channel's table."""
+    thresholds per channel, quantiles of the anchor-neighbour sums of its positions. Each table's probabilities
+    are the frequencies of the symbols it codes with ``pseudo_counts`` symbols' worth of the channel's table."""
     if not 2 <= buckets <= 256:
         raise ValueError(f"buckets must be 2..256, got {buckets}")
     if spatial_buckets and not 2 <= spatial_buckets <= 256:

@@ -209,11 +209,12 @@ class _SharedWeights:
 def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path,
                    prior_weight: float, context_buckets: int, spatial_buckets: list[int],
                    rdoq_lambda: list[float], rdo_rounds: int = DEFAULT_RDO_ROUNDS,
-                   learned_activity: bool = True) -> tuple[list[FrozenTables], dict]:
+                   learned_activity: bool = True, sign_flip: bool = False) -> tuple[list[FrozenTables], dict]:
     """Refit every level's tables to the symbols of the images in ``fit_dir`` (each image whole, padded as the
     runtime pads it, rounded against the frozen medians), then fit a channel context with ``context_buckets``
     tables per channel (0: none), the learned activity or the counting rule (``learned_activity``), and
-    ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none).
+    ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none), with the second pass's sign flip at
+    those levels (``sign_flip``).
     Where ``rdoq_lambda[i]`` > 0 the tables are then refitted ``rdo_rounds`` times to the symbols the runtime's
     RDO rounding with that λ picks under the current tables, which are the symbols it will code. Returns the
     tables and a report for the manifest."""
@@ -236,7 +237,8 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
         if not context_buckets:
             return fitted
         return fit_context_tables(fitted, level_symbols, buckets=context_buckets,
-                                  spatial_buckets=spatial_buckets[level], learned=learned_activity)
+                                  spatial_buckets=spatial_buckets[level], learned=learned_activity,
+                                  sign_flip=sign_flip and spatial_buckets[level] > 0)
 
     fitted = [fit(level, level_symbols, counts[level]) for level, level_symbols in enumerate(symbols)]
     plain_fit = list(fitted)
@@ -299,6 +301,8 @@ def _entropy_coding(tables: list[FrozenTables]) -> dict:
     spatial = [t.context.spatial_buckets for t in tables]
     if any(spatial):
         coding["spatial_buckets"] = spatial
+    if any(t.context.sign_flip for t in tables):
+        coding["sign_flip"] = [t.context.sign_flip for t in tables]
     return coding
 
 
@@ -332,11 +336,13 @@ def export_model(
     refinement: bool = True,
     rdoq_lambda: float | list[float] | None = None,
     learned_activity: bool = True,
+    sign_flip: bool = False,
 ) -> dict:
     """Write the artifact folder for ``model`` and return its manifest; with ``fit_dir`` the entropy tables
     are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`) and given a channel
     context of ``context_buckets`` tables per channel, chosen by the learned activity (``learned_activity``) or
-    the counting rule, and ``spatial_buckets`` checkerboard buckets per level
+    the counting rule, and ``spatial_buckets`` checkerboard buckets per level (with ``sign_flip``, their second
+    pass codes symbols negated by the sign of their anchor neighbours)
     (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`), then refitted to the
     symbols the runtime's RDO rounding picks with ``rdoq_lambda`` (one λ or one per level; ``None``: the
     service's default rounding; 0 fits plain rounding), which the manifest records and the service then rounds
@@ -381,7 +387,7 @@ def export_model(
     fit_report = None
     if fit_dir is not None:
         tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight, context_buckets, spatial,
-                                            fit_lambdas, learned_activity=learned_activity)
+                                            fit_lambdas, learned_activity=learned_activity, sign_flip=sign_flip)
     save_tables(out / "entropy_tables.npz", tables)
 
     files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
@@ -463,6 +469,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counting-context", action="store_true",
                         help="with --context-buckets: the counting rule's activity (tables format 2/3) instead of "
                              "the learned one (format 4)")
+    parser.add_argument("--sign-flip", action="store_true",
+                        help="with the checkerboard: code second-pass symbols negated where their anchor "
+                             "neighbours sum below 0 (tables format 5)")
     parser.add_argument("--no-refinement", action="store_true",
                         help="leave out the decoder-gradient graphs of the encoder's latent refinement")
     args = parser.parse_args(argv)
@@ -473,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
                                 fit_dir=args.fit_tables, prior_weight=args.prior_weight,
                                 context_buckets=args.context_buckets, spatial_buckets=args.spatial_buckets,
                                 refinement=not args.no_refinement, rdoq_lambda=args.fit_rdoq,
-                                learned_activity=not args.counting_context)
+                                learned_activity=not args.counting_context, sign_flip=args.sign_flip)
     except (FileNotFoundError, ValueError, InvalidParameter) as exc:
         raise SystemExit(f"export: {exc}") from exc
     names = [*manifest["files"], *manifest.get("refinement", {}).get("files", {})]

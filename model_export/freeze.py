@@ -198,7 +198,8 @@ def _table_indices(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
 
 def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets: int = DEFAULT_CONTEXT_BUCKETS,
                        pseudo_counts: float = DEFAULT_CONTEXT_PSEUDO_COUNTS, clip: int = DEFAULT_CLIP,
-                       window: int = DEFAULT_WINDOW, spatial_buckets: int = 0, learned: bool = True) -> FrozenTables:
+                       window: int = DEFAULT_WINDOW, spatial_buckets: int = 0, learned: bool = True,
+                       sign_flip: bool = False) -> FrozenTables:
     """``tables`` with a channel context fitted to ``symbols`` (a list of (C, H, W) integer arrays).
 
     The learned activity's weights (``learned``, :func:`learned_mixing`) predict each channel's magnitudes
@@ -206,13 +207,17 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
     0.05)``). Channel c's B − 1 thresholds are quantiles of its activity over the symbols, so its buckets hold
     about equal shares of them. With ``spatial_buckets`` S > 0 the checkerboard's second pass gets S − 1
     thresholds per channel, quantiles of the anchor-neighbour sums of its positions. Each table's probabilities
-    are the frequencies of the symbols it codes with ``pseudo_counts`` symbols' worth of the channel's table."""
+    are the frequencies of the symbols it codes with ``pseudo_counts`` symbols' worth of the channel's table;
+    with ``sign_flip`` (needs the checkerboard) the second pass's tables are fitted to its symbols as coded, negated
+    where their anchor neighbours' signed sum is negative (``ChannelContext.flips``)."""
     if not 2 <= buckets <= 256:
         raise ValueError(f"buckets must be 2..256, got {buckets}")
     if spatial_buckets and not 2 <= spatial_buckets <= 256:
         raise ValueError(f"spatial_buckets must be 0 or 2..256, got {spatial_buckets}")
     if pseudo_counts <= 0:
         raise ValueError(f"pseudo_counts must be positive, got {pseudo_counts}")
+    if sign_flip and not spatial_buckets:
+        raise ValueError("sign_flip needs spatial_buckets (the checkerboard's second pass)")
     if not symbols or any(s.ndim != 3 or s.shape[0] != tables.channels for s in symbols):
         raise ValueError(f"need symbol arrays of shape ({tables.channels}, H, W)")
     channels, width = tables.channels, int(tables.lengths.max())
@@ -232,10 +237,10 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
         spatial_edges = _quantile_edges([n.reshape(channels, -1)[:, o] for n, o in zip(neighbours, others)],
                                         spatial_buckets)
     context = ChannelContext(weights=weights, edges=edges, clip=clip, window=window, spatial_edges=spatial_edges,
-                             mixing=mixing)
+                             mixing=mixing, sign_flip=sign_flip)
     counts = np.zeros((channels, context.tables, width), dtype=np.float64)
     for s in symbols:
-        index = _table_indices(tables, s)
+        index = _table_indices(tables, _as_coded(context, s))
         ids = context.table_ids_of(s)
         for c in range(channels):
             cell = ids[c].ravel() * width + index[c].ravel()
@@ -281,6 +286,12 @@ def learned_mixing(symbols: list[np.ndarray], clip: int = DEFAULT_CLIP, window: 
     return mixing
 
 
+def _as_coded(context: ChannelContext, symbols: np.ndarray) -> np.ndarray:
+    """``symbols`` (C, H, W) as the coder codes them: negated where the context's sign flip says so."""
+    flips = context.flips(symbols)
+    return symbols if flips is None else symbols * flips
+
+
 def runtime_coder(tables: FrozenTables) -> TableCoder:
     """The service's coder (``service.entropy_coder.TableCoder``) for ``tables``, as it reads them once saved."""
     context_cdf = None if tables.context_cdf is None else tables.context_cdf.astype(np.int64)
@@ -304,7 +315,7 @@ def context_bits(tables: FrozenTables, symbols: np.ndarray) -> float:
     (escape payloads not counted)."""
     if tables.context is None:
         return ideal_bits(tables, symbols)
-    index = _table_indices(tables, symbols)
+    index = _table_indices(tables, _as_coded(tables.context, symbols))
     table_ids = tables.context.table_ids_of(symbols)
     freqs = np.diff(tables.context_cdf.astype(np.int64), axis=2)
     channel = np.arange(tables.channels)[:, None, None]
@@ -365,6 +376,8 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
             arrays[f"level{level}_context_cdf"] = table.context_cdf.astype(np.int32)
             if table.context.spatial_edges is not None:
                 arrays[f"level{level}_spatial_edges"] = table.context.spatial_edges.astype(np.int64)
+            if table.context.sign_flip:
+                arrays[f"level{level}_sign_flip"] = np.array([1], dtype=np.int32)
     if contexts:
         clip, window = contexts.pop()
         arrays["context_clip"] = np.array([clip], dtype=np.int32)
@@ -375,9 +388,11 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
 
 def _table_format(tables: list[FrozenTables]) -> int:
     """1: one table per channel; 2: channel context; 3: channel context, some levels with the checkerboard;
-    4: channel context, some levels with the learned activity."""
+    4: channel context, some levels with the learned activity; 5: some levels also with the sign flip."""
     if tables[0].context is None:
         return 1
+    if any(t.context.sign_flip for t in tables):
+        return 5
     if any(t.context.learned for t in tables):
         return 4
     return 3 if any(t.context.spatial_edges is not None for t in tables) else 2

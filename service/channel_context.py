@@ -27,6 +27,10 @@ channel for every channel, at the symbol's own place and over its window: with m
 
     A_c(i, j) = Σ_{k < c} P_ck · m_k(i, j) + the 3×3 window sum of Σ_{k < c} Q_ck · m_k        (P, Q = mixing)
 
+With ``sign_flip`` (tables format 5, checkerboard levels only) a second-pass symbol is coded negated, −s_c(i, j),
+where the signed sum of its four anchor neighbours, each clipped to ±clip, is negative: the latents lean a little
+towards their neighbours' sign, which the tables, fitted to the symbols so flipped, then capture.
+
 The weights are a least-squares prediction of m_c, fitted at export and stored as integers; the sums run in
 float64 with ``numpy.einsum`` (its own single-threaded loops: a multi-threaded BLAS stalls when other work
 holds the cores), exact because every partial sum is an integer below 2**53 (``activity_bound``).
@@ -57,7 +61,7 @@ class ChannelContext:
     """Per-level context parameters: the counting rule's ``weights`` (C,) int64 ≥ 0 or the learned rule's
     ``mixing`` (2, C, C) int64, zero on and above the diagonal (exactly one of them), ``edges`` (C, B − 1) int64
     non-decreasing, and, for the checkerboard, ``spatial_edges`` (C, S − 1) int64 non-decreasing (``None``: one
-    pass)."""
+    pass), and ``sign_flip``: whether the second pass codes symbols negated by their anchor neighbours' sign."""
 
     weights: np.ndarray | None
     edges: np.ndarray
@@ -65,6 +69,7 @@ class ChannelContext:
     window: int = DEFAULT_WINDOW
     spatial_edges: np.ndarray | None = None
     mixing: np.ndarray | None = None
+    sign_flip: bool = False
 
     @property
     def learned(self) -> bool:
@@ -107,6 +112,15 @@ class ChannelContext:
         if self.spatial_edges is None:
             return ids
         return self._with_spatial(ids, bucket_of(self._neighbours(values), self.spatial_edges[channel]))
+
+    def flips(self, values: np.ndarray) -> np.ndarray | None:
+        """With ``sign_flip``: int64 −1 at the second-pass positions of ``values`` (…, H, W) whose anchor neighbours
+        sum (signed, each clipped to ±clip) below 0, whose symbols are coded negated, +1 elsewhere (only the anchors
+        of ``values`` are read); ``None`` without."""
+        if not self.sign_flip:
+            return None
+        signed = neighbour_sum(np.clip(values.astype(np.int64), -self.clip, self.clip))
+        return np.where((signed < 0) & ~anchor_mask(*values.shape[-2:]), -1, 1)
 
     def _neighbours(self, values: np.ndarray) -> np.ndarray:
         return neighbour_sum(np.minimum(np.abs(values.astype(np.int64)), self.clip))

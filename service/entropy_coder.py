@@ -9,7 +9,8 @@ first, raster order inside a bucket), each with its bucket's table, then its esc
 the checkerboard (tables format 3, levels with spatial thresholds) a channel is coded in two such passes: its
 anchors ((i + j) even) table by table and their escapes, then the other positions, whose tables also depend
 on their four anchor neighbours, table by table and their escapes. Tables format 4 codes the same way; only
-the activity that picks a symbol's bucket is the learned rule's at levels that store its weights. Only the
+the activity that picks a symbol's bucket is the learned rule's at levels that store its weights. Format 5 also
+codes a second-pass symbol negated where its anchor neighbours' signed sum is negative, at levels that say so. Only the
 stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that every word
 of the payload was used.
 """
@@ -64,7 +65,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
     with archive:
         try:
             version = int(archive["format_version"][0])
-            if version not in (1, 2, 3, 4):
+            if version not in (1, 2, 3, 4, 5):
                 raise ModelLoadError(f"{path}: unknown table format {version}")
             precision = int(archive["precision"][0])
             if int(archive["levels"][0]) != levels:
@@ -76,7 +77,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
                     offsets=archive[f"level{i}_offsets"].astype(np.int64),
                     medians=archive[f"level{i}_medians"].astype(np.float32),
                     precision=precision,
-                    **(_context_arrays(archive, i, learned=version >= 4) if version >= 2 else {}),
+                    **(_context_arrays(archive, i, version) if version >= 2 else {}),
                 )
                 for i in range(1, levels + 1)
             ]
@@ -87,11 +88,11 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
     return tables
 
 
-def _context_arrays(archive, level: int, learned: bool) -> dict:
-    """A level's channel context: the counting rule's weights, or (format 4, where the level has them) the
-    learned rule's mixing weights."""
-    spatial, mixing = f"level{level}_spatial_edges", f"level{level}_context_mix"
-    learned = learned and mixing in archive.files
+def _context_arrays(archive, level: int, version: int) -> dict:
+    """A level's channel context: the counting rule's weights, or (format ≥ 4, where the level has them) the
+    learned rule's mixing weights; the second pass's sign flip (format 5, where the level has it)."""
+    spatial, mixing, flip = f"level{level}_spatial_edges", f"level{level}_context_mix", f"level{level}_sign_flip"
+    learned = version >= 4 and mixing in archive.files
     context = ChannelContext(
         weights=None if learned else archive[f"level{level}_context_weights"].astype(np.int64),
         edges=archive[f"level{level}_context_edges"].astype(np.int64),
@@ -99,6 +100,7 @@ def _context_arrays(archive, level: int, learned: bool) -> dict:
         window=int(archive["context_window"][0]),
         spatial_edges=archive[spatial].astype(np.int64) if spatial in archive.files else None,
         mixing=archive[mixing].astype(np.int64) if learned else None,
+        sign_flip=version >= 5 and flip in archive.files and bool(archive[flip].reshape(-1)[0]),
     )
     return {"context": context, "context_cdf": archive[f"level{level}_context_cdf"].astype(np.int64)}
 
@@ -145,6 +147,8 @@ def _check_context(table: LevelTables, level: int) -> None:
                              f"expected {context.tables} per channel")
     if np.any(np.diff(context.edges, axis=1) < 0):
         raise ModelLoadError(f"level {level}: context thresholds not sorted")
+    if context.sign_flip and spatial is None:
+        raise ModelLoadError(f"level {level}: a sign flip needs the checkerboard's second pass")
     if not 1 <= context.clip <= 1 << 16 or context.window not in (1, 3, 5, 7):
         raise ModelLoadError(f"level {level}: context clip {context.clip} or window {context.window} out of range")
     if context.learned:
@@ -226,9 +230,12 @@ class TableCoder:
         index, escaped = self._table_index(channel, symbols)
         return self._bits[channel][table_ids, np.where(escaped, escape, index)] + _escape_bits(index, escaped, escape)
 
-    def bit_costs(self, table_ids: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    def bit_costs(self, table_ids: np.ndarray, symbols: np.ndarray, flips: np.ndarray | None = None) -> np.ndarray:
         """Bits (C, H, W) of every symbol of ``symbols`` (C, H, W) under the table ``table_ids`` (C, H, W) gives
-        it (escapes with their payload): :meth:`_symbol_bits` for a whole level at once."""
+        it (escapes with their payload), coded negated where ``flips`` (``ChannelContext.flips``) is −1:
+        :meth:`_symbol_bits` for a whole level at once."""
+        if flips is not None:
+            symbols = symbols * flips
         if self._padded_bits is None:
             self._symbol_bits(0, 0, np.zeros(1, dtype=np.int64))
             longest = max(bits.shape[1] for bits in self._bits)
@@ -269,7 +276,11 @@ class TableCoder:
                 symbols, r = flat_out[chosen], flat_residuals[chosen]
                 closer = symbols - np.sign(symbols)
                 added_error = (r - closer) ** 2 - (r - symbols) ** 2
-                rounded_bits, closer_bits = self._symbol_bits(c, table_ids[chosen], np.stack([symbols, closer]))
+                candidates = np.stack([symbols, closer])
+                flips = context.flips(out[c]) if second_pass else None  # from the anchors just decided
+                if flips is not None:
+                    candidates = candidates * flips.reshape(-1)[chosen]
+                rounded_bits, closer_bits = self._symbol_bits(c, table_ids[chosen], candidates)
                 move = (symbols != 0) & (added_error < rdoq_lambda * (rounded_bits - closer_bits))
                 flat_out[chosen] = np.where(move, closer, symbols)
             if state is not None:
@@ -313,10 +324,13 @@ class TableCoder:
             else:
                 table_ids = context.table_ids(c, state.buckets(c), symbols[c]).reshape(-1)
                 state.add(c, symbols[c])
-            for positions in passes:
+            flips = context.flips(symbols[c]) if context is not None else None
+            for second_pass, positions in enumerate(passes):
                 values = symbols[c].reshape(-1)
                 if positions is not None:
                     values = values[positions]
+                if second_pass and flips is not None:
+                    values = values * flips.reshape(-1)[positions]
                 index, escaped = self._table_index(c, values)
                 coded = np.where(escaped, n - 1, index).astype(np.int32)
                 if table_ids is None:
@@ -386,6 +400,9 @@ class TableCoder:
                     values = index + int(self.tables.offsets[c])
                     if np.abs(values).max(initial=0) > MAX_ABS_SYMBOL:
                         raise CorruptStream("decoded symbol out of range")
+                    flips = context.flips(out[c].reshape(height, width)) if second_pass else None
+                    if flips is not None:  # from the anchors of the first pass
+                        values = values * flips.reshape(-1)[positions]
                     if positions is None:
                         out[c] = values
                     else:

@@ -163,6 +163,25 @@ def _learned_checkerboard_tables(channels: int) -> LevelTables:
     return _learned(_checkerboard_tables(channels))
 
 
+def _flipping_tables(channels: int) -> LevelTables:
+    """``_learned_checkerboard_tables`` with the sign flip, and second-pass tables that lean positive (the mode
+    at +1), as tables fitted to flipped symbols do."""
+    tables = _learned_checkerboard_tables(channels)
+    context = dataclasses.replace(tables.context, sign_flip=True)
+    values = np.arange(-8, 9)
+    leaning = np.stack([_laplace_cdf(0.3 * (t + 1), values - 1) for t in range(context.tables - context.buckets)])
+    context_cdf = tables.context_cdf.copy()
+    context_cdf[:, context.buckets :] = leaning[None]
+    return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
+
+
+def _sign_field_symbols(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
+    """Symbols whose signs follow a smooth field of signs per channel: a symbol's neighbours tell its sign."""
+    signs = np.kron(rng.choice([-1, 1], size=(channels, height // 6 + 1, width // 6 + 1)), np.ones((1, 6, 6)))
+    magnitudes = np.rint(np.abs(rng.laplace(0, 1.5, size=(channels, height, width))))
+    return (signs[:, :height, :width] * magnitudes).astype(np.int32)
+
+
 def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
     """Symbols whose scale follows one smooth busy/flat field shared by all channels."""
     field = np.repeat(np.repeat(rng.uniform(0.1, 3.0, size=(height // 4 + 1, width // 4 + 1)), 4, 0), 4, 1)
@@ -172,7 +191,7 @@ def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: i
 # the encoder finds the buckets of small levels all at once and of large ones channel by channel, as decoding does
 @pytest.mark.parametrize("height, width", [(19, 26), (230, 240), (1, 1), (1, 7)])
 @pytest.mark.parametrize("make_tables", [_context_tables, _checkerboard_tables, _learned_tables,
-                                         _learned_checkerboard_tables])
+                                         _learned_checkerboard_tables, _flipping_tables])
 def test_channel_context_round_trip_is_exact_and_byte_identical(height, width, make_tables):
     rng = np.random.default_rng(3)
     coder = TableCoder(make_tables(5))
@@ -222,6 +241,24 @@ def test_checkerboard_tables_are_what_the_decoder_sees(height, width, make_table
         state.add(c, symbols[c])
     assert np.all(table_ids[:, anchors] < context.buckets) and np.all(table_ids[:, ~anchors] >= context.buckets)
     assert len(np.unique(table_ids[:, ~anchors])) >= 6 and context.tables == 4 * (1 + 3)
+
+
+def test_the_sign_flip_codes_symbols_that_follow_their_neighbours_sign_in_fewer_bytes():
+    rng = np.random.default_rng(14)
+    flipping = _flipping_tables(4)
+    plain = dataclasses.replace(flipping, context=dataclasses.replace(flipping.context, sign_flip=False))
+    symbols = _sign_field_symbols(rng, 4, 48, 40)
+    flips = flipping.context.flips(symbols)
+    anchors = anchor_mask(48, 40)
+    assert np.all(flips[:, anchors] == 1) and (flips == -1).mean() > 0.2  # only second-pass symbols flip
+    coder = TableCoder(flipping)
+    payload = coder.encode(symbols)
+    np.testing.assert_array_equal(coder.decode(payload, 48, 40), symbols)
+    assert len(payload) < 0.95 * len(TableCoder(plain).encode(symbols))
+    table_ids = flipping.context.table_ids_of(symbols)
+    ideal = coder.bit_costs(table_ids, symbols, flips).sum()
+    assert abs(len(payload) * 8 - ideal) < 0.01 * ideal + 64
+    assert coder.bit_costs(table_ids, symbols).sum() > 1.05 * ideal  # the same tables, not flipped
 
 
 def test_anchor_mask_and_neighbour_sum():
@@ -325,6 +362,23 @@ def test_learned_context_tables_load_and_bad_ones_are_rejected(tmp_path):
         load_tables(tmp_path / "old.npz", 1, [3])
 
 
+def test_sign_flip_tables_load_and_need_the_checkerboard(tmp_path):
+    tables = _flipping_tables(3)
+    _save_context_tables(tmp_path / "good.npz", tables, format_version=np.array([5]),
+                         level1_sign_flip=np.array([1], dtype=np.int32))
+    loaded = load_tables(tmp_path / "good.npz", 1, [3])[0]
+    assert loaded.context.sign_flip and loaded.context.learned
+    symbols = _sign_field_symbols(np.random.default_rng(15), 3, 12, 10)
+    assert TableCoder(loaded).encode(symbols) == TableCoder(tables).encode(symbols)
+    _save_context_tables(tmp_path / "old.npz", tables, level1_sign_flip=np.array([1], dtype=np.int32))
+    assert not load_tables(tmp_path / "old.npz", 1, [3])[0].context.sign_flip  # format 4 has no flip
+    one_pass = _learned_tables(3)
+    _save_context_tables(tmp_path / "bad.npz", one_pass, format_version=np.array([5]),
+                         level1_sign_flip=np.array([1], dtype=np.int32))
+    with pytest.raises(ModelLoadError, match="checkerboard"):
+        load_tables(tmp_path / "bad.npz", 1, [3])
+
+
 def test_checkerboard_tables_load_and_bad_ones_are_rejected(tmp_path):
     tables = _checkerboard_tables(3)
     _save_context_tables(tmp_path / "good.npz", tables)
@@ -356,7 +410,7 @@ def test_window_sum_replicates_edges_like_numpy_pad(shape, window):
     np.testing.assert_array_equal(window_sum(values, window), expected)
 
 
-@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables])
+@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables, _flipping_tables])
 def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(make_tables):
     tables = make_tables(5)
     coder = TableCoder(tables)
@@ -376,7 +430,7 @@ def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(ma
     assert errors == sorted(errors)
 
 
-@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables])
+@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables, _flipping_tables])
 def test_per_symbol_probabilities_give_the_bytes_of_one_model_per_table(make_tables, monkeypatch):
     """Small passes go to constriction in one call with per-symbol probabilities, larger ones table by table:
     the same quantised models, so the same bytes either way."""

@@ -122,6 +122,10 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     with_spatial = report["bits_per_symbol_context"]
     # level 1 keeps one pass; the others get the checkerboard (its gain is tested on busy symbols in test_freeze)
     assert with_spatial[0] == without[0] and all(s != c for s, c in zip(with_spatial[1:], without[1:]))
+    flipping = export_model(model, tmp_path / "flip", fit_dir=small_image_dir, sign_flip=True)
+    assert flipping["entropy_coding"]["sign_flip"] == [False, True, True]  # the levels with the checkerboard
+    assert int(np.load(tmp_path / "flip" / "entropy_tables.npz")["format_version"][0]) == 5
+    assert "sign_flip" not in fitted["entropy_coding"]
     counting = export_model(model, tmp_path / "counting", fit_dir=small_image_dir, learned_activity=False)
     assert counting["entropy_coding"]["activity"] == "counting"
     assert int(np.load(tmp_path / "counting" / "entropy_tables.npz")["format_version"][0]) == 3

@@ -254,6 +254,34 @@ def test_the_runtime_coder_of_fitted_tables_codes_what_the_saved_tables_code(tmp
     np.testing.assert_array_equal(one_table.decode(one_table.encode(fresh), 64, 64), fresh)
 
 
+def _sign_field_symbols(seed: int, channels: int = 6, size: int = 48) -> np.ndarray:
+    """Symbols whose signs follow a smooth field of signs per channel, as a little of the latents' do."""
+    rng = np.random.default_rng(seed)
+    signs = np.kron(rng.choice([-1, 1], size=(channels, size // 6, size // 6)), np.ones((1, 6, 6)))
+    return (signs * np.rint(np.abs(rng.laplace(0, 1.5, size=(channels, size, size))))).astype(np.int64)
+
+
+def test_the_sign_flip_fits_tables_to_the_flipped_symbols_and_round_trips(tmp_path):
+    frozen = _wide_tables()
+    training = [_sign_field_symbols(seed) for seed in range(6)]
+    plain = fit_context_tables(frozen, training, buckets=4, spatial_buckets=4)
+    flipping = fit_context_tables(frozen, training, buckets=4, spatial_buckets=4, sign_flip=True)
+    fresh = _sign_field_symbols(99)
+    assert context_bits(flipping, fresh) < 0.95 * context_bits(plain, fresh)  # half the symbols are anchors
+    np.testing.assert_array_equal(flipping.context.edges, plain.context.edges)
+    save_tables(tmp_path / "t.npz", [plain, flipping])
+    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 5
+    loaded = load_tables(tmp_path / "t.npz", 2, [6, 6])
+    assert not loaded[0].context.sign_flip and loaded[1].context.sign_flip
+    coder = TableCoder(loaded[1])
+    payload = coder.encode(fresh)
+    np.testing.assert_array_equal(coder.decode(payload, 48, 48), fresh)
+    assert abs(len(payload) * 8 - context_bits(flipping, fresh)) < 0.01 * len(payload) * 8 + 64
+    assert runtime_coder(flipping).encode(fresh) == payload
+    with pytest.raises(ValueError, match="sign_flip"):
+        fit_context_tables(frozen, training, buckets=4, sign_flip=True)
+
+
 def test_context_fitting_rejects_bad_arguments():
     frozen = _wide_tables()
     with pytest.raises(ValueError, match="buckets"):

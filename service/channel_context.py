@@ -135,7 +135,11 @@ class ChannelContext:
         magnitudes = np.minimum(np.abs(symbols.astype(np.int64)), self.clip)
         if self.mixing is not None:
             flat = magnitudes.reshape(magnitudes.shape[0], -1).astype(np.float64)
-            mixed = np.einsum("rck,kn->rcn", self.mixing.astype(np.float64), flat).astype(np.int64)
+            mixed = np.zeros((2,) + flat.shape)
+            for c, rows in enumerate(self.mixing_rows):  # the lower triangle only: half a full product's work
+                if rows is not None:
+                    mixed[:, c] = np.einsum("rk,kn->rn", rows, flat[:c])
+            mixed = mixed.astype(np.int64)
             return mixed[0].reshape(symbols.shape) + window_sum(mixed[1].reshape(symbols.shape), self.window)
         magnitudes *= self.weights[:, None, None]
         running = np.zeros_like(magnitudes)

@@ -10,9 +10,9 @@ the checkerboard (tables format 3, levels with spatial thresholds) a channel is 
 anchors ((i + j) even) table by table and their escapes, then the other positions, whose tables also depend
 on their four anchor neighbours, table by table and their escapes. Tables format 4 codes the same way; only
 the activity that picks a symbol's bucket is the learned rule's at levels that store its weights. Format 5 also
-codes a second-pass symbol negated where its anchor neighbours' signed sum is negative, at levels that say so. Only the
-stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that every word
-of the payload was used.
+codes a second-pass symbol negated where its anchor neighbours' signed sum is negative, at levels that say so.
+Only the stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that
+every word of the payload was used.
 """
 
 from __future__ import annotations

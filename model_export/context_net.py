@@ -188,7 +188,7 @@ def table_code_length(coder: TableCoder, symbols: np.ndarray) -> float:
     """Ideal code length in bits of ``symbols`` under a runtime coder's tables and counting context."""
     context = coder.tables.context
     table_ids = context.table_ids_of(symbols) if context is not None else np.zeros(symbols.shape, np.int64)
-    return float(coder.bit_costs(table_ids, symbols, context.flips(symbols) if context is not None else None).sum())
+    return float(coder.bit_costs(table_ids, symbols, context.flips_of(symbols) if context is not None else None).sum())
 
 
 def main(argv: list[str] | None = None) -> None:

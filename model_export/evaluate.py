@@ -117,6 +117,9 @@ def _model_line(model: dict) -> str:
     if spatial:
         coding += f", checkerboard of {max(spatial)} spatial buckets at levels " + ", ".join(
             str(level) for level, buckets in enumerate(spatial, start=1) if buckets)
+    signs = entropy_coding.get("signs", [])
+    if any(sign != "none" for sign in signs):
+        coding += ", sign prediction (" + " / ".join(signs) + ")"
     lambdas = " / ".join(f"{v:g}" for v in model.get("rdoq_lambda", []))
     refine = model.get("refine_steps", 0)
     refinement = f"; latent refinement: {refine} steps per level" if refine else ""

@@ -42,6 +42,7 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
+from service.channel_context import ChannelContext
 from service.codec import rdoq_lambdas
 from service.entropy_coder import DEFAULT_RDOQ_LAMBDA
 from service.errors import InvalidParameter
@@ -53,8 +54,8 @@ from .decoder import use_subpixel_upsampling
 from .decoder_gradient import DecoderGradient
 from .data import ImageSet
 from .freeze import (DEFAULT_CONTEXT_BUCKETS, DEFAULT_PRECISION, DEFAULT_PRIOR_WEIGHT, DEFAULT_SPATIAL_BUCKETS,
-                     FrozenTables, context_bits, count_bits, fit_context_tables, fit_tables, freeze_bottleneck,
-                     runtime_coder, save_tables, symbol_counts)
+                     SIGN_PREDICTIONS, FrozenTables, context_bits, count_bits, fit_context_tables, fit_tables,
+                     freeze_bottleneck, runtime_coder, save_tables, symbol_counts)
 from .model import SSLIC, pad_to_multiple
 
 __all__ = ["export_model", "spatial_buckets_per_level", "ARTIFACT_FORMAT", "ARTIFACT_VERSION", "OPSET"]
@@ -209,12 +210,12 @@ class _SharedWeights:
 def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path,
                    prior_weight: float, context_buckets: int, spatial_buckets: list[int],
                    rdoq_lambda: list[float], rdo_rounds: int = DEFAULT_RDO_ROUNDS,
-                   learned_activity: bool = True, sign_flip: bool = False) -> tuple[list[FrozenTables], dict]:
+                   learned_activity: bool = True, signs: str = "learned") -> tuple[list[FrozenTables], dict]:
     """Refit every level's tables to the symbols of the images in ``fit_dir`` (each image whole, padded as the
     runtime pads it, rounded against the frozen medians), then fit a channel context with ``context_buckets``
     tables per channel (0: none), the learned activity or the counting rule (``learned_activity``), and
-    ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none), with the second pass's sign flip at
-    those levels (``sign_flip``).
+    ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none), and the sign prediction ``signs``
+    (``model_export.freeze.SIGN_PREDICTIONS``; "neighbours" only at levels with the checkerboard).
     Where ``rdoq_lambda[i]`` > 0 the tables are then refitted ``rdo_rounds`` times to the symbols the runtime's
     RDO rounding with that λ picks under the current tables, which are the symbols it will code. Returns the
     tables and a report for the manifest."""
@@ -238,7 +239,7 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
             return fitted
         return fit_context_tables(fitted, level_symbols, buckets=context_buckets,
                                   spatial_buckets=spatial_buckets[level], learned=learned_activity,
-                                  sign_flip=sign_flip and spatial_buckets[level] > 0)
+                                  signs="none" if signs == "neighbours" and not spatial_buckets[level] else signs)
 
     fitted = [fit(level, level_symbols, counts[level]) for level, level_symbols in enumerate(symbols)]
     plain_fit = list(fitted)
@@ -302,8 +303,15 @@ def _entropy_coding(tables: list[FrozenTables]) -> dict:
     if any(spatial):
         coding["spatial_buckets"] = spatial
     if any(t.context.sign_flip for t in tables):
-        coding["sign_flip"] = [t.context.sign_flip for t in tables]
+        coding["signs"] = [_sign_prediction(t.context) for t in tables]
     return coding
+
+
+def _sign_prediction(context: ChannelContext) -> str:
+    """A level's sign prediction as the manifest names it: "learned", "neighbours" (format 5's) or "none"."""
+    if context.sign_mixing is not None:
+        return "learned"
+    return "neighbours" if context.sign_pass2 is not None else "none"
 
 
 def spatial_buckets_per_level(value: int | list[int] | None, levels: int) -> list[int]:
@@ -336,13 +344,14 @@ def export_model(
     refinement: bool = True,
     rdoq_lambda: float | list[float] | None = None,
     learned_activity: bool = True,
-    sign_flip: bool = False,
+    signs: str = "learned",
 ) -> dict:
     """Write the artifact folder for ``model`` and return its manifest; with ``fit_dir`` the entropy tables
     are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`) and given a channel
     context of ``context_buckets`` tables per channel, chosen by the learned activity (``learned_activity``) or
-    the counting rule, and ``spatial_buckets`` checkerboard buckets per level (with ``sign_flip``, their second
-    pass codes symbols negated by the sign of their anchor neighbours)
+    the counting rule, and ``spatial_buckets`` checkerboard buckets per level, with the sign prediction ``signs``
+    ("learned": symbols coded negated where the earlier channels and anchor neighbours predict a negative sign;
+    "neighbours": format 5's flip of the second pass by its anchor neighbours; "none")
     (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`), then refitted to the
     symbols the runtime's RDO rounding picks with ``rdoq_lambda`` (one λ or one per level; ``None``: the
     service's default rounding; 0 fits plain rounding), which the manifest records and the service then rounds
@@ -387,7 +396,7 @@ def export_model(
     fit_report = None
     if fit_dir is not None:
         tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight, context_buckets, spatial,
-                                            fit_lambdas, learned_activity=learned_activity, sign_flip=sign_flip)
+                                            fit_lambdas, learned_activity=learned_activity, signs=signs)
     save_tables(out / "entropy_tables.npz", tables)
 
     files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
@@ -469,9 +478,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counting-context", action="store_true",
                         help="with --context-buckets: the counting rule's activity (tables format 2/3) instead of "
                              "the learned one (format 4)")
-    parser.add_argument("--sign-flip", action="store_true",
-                        help="with the checkerboard: code second-pass symbols negated where their anchor "
-                             "neighbours sum below 0 (tables format 5)")
+    parser.add_argument("--signs", choices=SIGN_PREDICTIONS, default="learned",
+                        help="with --context-buckets: code symbols negated where their predicted sign is negative, "
+                             "predicted from the earlier channels and the anchor neighbours (learned, tables format "
+                             "6), from the anchor neighbours at the checkerboard's second pass only (neighbours), or "
+                             "not (none)")
     parser.add_argument("--no-refinement", action="store_true",
                         help="leave out the decoder-gradient graphs of the encoder's latent refinement")
     args = parser.parse_args(argv)
@@ -482,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
                                 fit_dir=args.fit_tables, prior_weight=args.prior_weight,
                                 context_buckets=args.context_buckets, spatial_buckets=args.spatial_buckets,
                                 refinement=not args.no_refinement, rdoq_lambda=args.fit_rdoq,
-                                learned_activity=not args.counting_context, sign_flip=args.sign_flip)
+                                learned_activity=not args.counting_context, signs=args.signs)
     except (FileNotFoundError, ValueError, InvalidParameter) as exc:
         raise SystemExit(f"export: {exc}") from exc
     names = [*manifest["files"], *manifest.get("refinement", {}).get("files", {})]

@@ -18,7 +18,9 @@ probability. The support, offsets and escape stay as frozen; only the frequencie
 ``fit_context_tables`` then gives every channel B tables, one per bucket of the channel context
 (``service.channel_context``: how busy the channels coded before it are around each symbol), fitted to the
 same training symbols and smoothed towards the channel's own table; with ``spatial_buckets`` S, B · S more for
-the second pass of a checkerboard, chosen also by the symbol's four anchor neighbours in its own channel.
+the second pass of a checkerboard, chosen also by the symbol's four anchor neighbours in its own channel. With
+``signs="learned"`` it also fits a sign prediction from the earlier channels (and the anchor neighbours) and the
+tables to the symbols as coded, negated where the prediction is negative.
 ``runtime_coder`` gives the service's coder for such tables, so the export can refit them to the symbols the
 encoder's rate-distortion optimised rounding will actually code with them (``model_export.export``).
 
@@ -34,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.channel_context import (DEFAULT_CLIP, DEFAULT_WINDOW, ChannelContext, anchor_mask, neighbour_sum,
-                                     window_sum)
+from service.channel_context import (DEFAULT_CLIP, DEFAULT_WINDOW, EXACT_LIMIT, ChannelContext, anchor_mask,
+                                     neighbour_sum, window_sum)
 from service.entropy_coder import LevelTables, TableCoder
 
 from .entropy import EntropyBottleneck
@@ -59,6 +61,9 @@ _WEIGHT_SCALE = 4096
 # learned activity: channel c's largest weight, and the places per image its least squares sees
 _MIX_SCALE = 4096
 _MIX_SAMPLES = 4096
+# sign prediction: the larger of a channel's two second-pass weights, at most
+_PASS2_SCALE = 1 << 20
+SIGN_PREDICTIONS = ("none", "neighbours", "learned")
 
 
 @dataclass
@@ -199,7 +204,7 @@ def _table_indices(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
 def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets: int = DEFAULT_CONTEXT_BUCKETS,
                        pseudo_counts: float = DEFAULT_CONTEXT_PSEUDO_COUNTS, clip: int = DEFAULT_CLIP,
                        window: int = DEFAULT_WINDOW, spatial_buckets: int = 0, learned: bool = True,
-                       sign_flip: bool = False) -> FrozenTables:
+                       signs: str = "none") -> FrozenTables:
     """``tables`` with a channel context fitted to ``symbols`` (a list of (C, H, W) integer arrays).
 
     The learned activity's weights (``learned``, :func:`learned_mixing`) predict each channel's magnitudes
@@ -207,17 +212,21 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
     0.05)``). Channel c's B − 1 thresholds are quantiles of its activity over the symbols, so its buckets hold
     about equal shares of them. With ``spatial_buckets`` S > 0 the checkerboard's second pass gets S − 1
     thresholds per channel, quantiles of the anchor-neighbour sums of its positions. Each table's probabilities
-    are the frequencies of the symbols it codes with ``pseudo_counts`` symbols' worth of the channel's table;
-    with ``sign_flip`` (needs the checkerboard) the second pass's tables are fitted to its symbols as coded, negated
-    where their anchor neighbours' signed sum is negative (``ChannelContext.flips``)."""
+    are the frequencies of the symbols it codes with ``pseudo_counts`` symbols' worth of the channel's table,
+    coded negated where the sign prediction ``signs`` says so (``ChannelContext.flips_of``): "none"; "neighbours",
+    the second pass by its anchor neighbours' signed sum (needs the checkerboard); "learned", every symbol by
+    :func:`learned_mixing` of the earlier channels' signed values and, at the second pass,
+    :func:`learned_pass2`."""
     if not 2 <= buckets <= 256:
         raise ValueError(f"buckets must be 2..256, got {buckets}")
     if spatial_buckets and not 2 <= spatial_buckets <= 256:
         raise ValueError(f"spatial_buckets must be 0 or 2..256, got {spatial_buckets}")
     if pseudo_counts <= 0:
         raise ValueError(f"pseudo_counts must be positive, got {pseudo_counts}")
-    if sign_flip and not spatial_buckets:
-        raise ValueError("sign_flip needs spatial_buckets (the checkerboard's second pass)")
+    if signs not in SIGN_PREDICTIONS:
+        raise ValueError(f"signs must be one of {', '.join(SIGN_PREDICTIONS)}, got {signs!r}")
+    if signs == "neighbours" and not spatial_buckets:
+        raise ValueError("signs='neighbours' needs spatial_buckets (the checkerboard's second pass)")
     if not symbols or any(s.ndim != 3 or s.shape[0] != tables.channels for s in symbols):
         raise ValueError(f"need symbol arrays of shape ({tables.channels}, H, W)")
     channels, width = tables.channels, int(tables.lengths.max())
@@ -237,7 +246,14 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
         spatial_edges = _quantile_edges([n.reshape(channels, -1)[:, o] for n, o in zip(neighbours, others)],
                                         spatial_buckets)
     context = ChannelContext(weights=weights, edges=edges, clip=clip, window=window, spatial_edges=spatial_edges,
-                             mixing=mixing, sign_flip=sign_flip)
+                             mixing=mixing)
+    if signs == "learned":
+        signed = ChannelContext(weights=weights, edges=edges, clip=clip, window=window,
+                                sign_mixing=learned_mixing(symbols, clip, window, signed=True))
+        pass2 = learned_pass2(signed, symbols) if spatial_buckets else None
+        context = dataclasses.replace(context, sign_mixing=signed.sign_mixing, sign_pass2=pass2)
+    elif signs == "neighbours":
+        context = dataclasses.replace(context, sign_pass2=np.tile(np.array([[0, 1]], dtype=np.int64), (channels, 1)))
     counts = np.zeros((channels, context.tables, width), dtype=np.float64)
     for s in symbols:
         index = _table_indices(tables, _as_coded(context, s))
@@ -258,16 +274,20 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
 
 
 def learned_mixing(symbols: list[np.ndarray], clip: int = DEFAULT_CLIP, window: int = DEFAULT_WINDOW,
-                   samples_per_image: int = _MIX_SAMPLES) -> np.ndarray:
+                   samples_per_image: int = _MIX_SAMPLES, signed: bool = False) -> np.ndarray:
     """The learned activity's weights (2, C, C) int64 for ``symbols`` (a list of (C, H, W) arrays): per channel c
     the least-squares prediction of m_c = min(|s_c|, clip) from the earlier channels' m_k at the same place and
     their window sums (plus a constant, not stored), over up to ``samples_per_image`` places of each image
-    drawn with a fixed seed, scaled so that channel c's largest weight is ±4096 and rounded."""
+    drawn with a fixed seed, scaled so that channel c's largest weight is ±4096 and rounded. With ``signed`` the
+    sign prediction's weights instead: the same for the values clipped to ±clip, v_c, in place of m_c."""
     channels = symbols[0].shape[0]
     rng = np.random.default_rng(0)
     gram = np.zeros((2 * channels + 1, 2 * channels + 1))
     for s in symbols:
-        magnitudes = np.minimum(np.abs(s.astype(np.int64)), clip)
+        if signed:
+            magnitudes = np.clip(s.astype(np.int64), -clip, clip)
+        else:
+            magnitudes = np.minimum(np.abs(s.astype(np.int64)), clip)
         windowed = window_sum(magnitudes, window)
         features = np.concatenate([magnitudes.reshape(channels, -1), windowed.reshape(channels, -1)])
         places = rng.choice(features.shape[1], size=min(features.shape[1], samples_per_image), replace=False)
@@ -286,9 +306,39 @@ def learned_mixing(symbols: list[np.ndarray], clip: int = DEFAULT_CLIP, window: 
     return mixing
 
 
+def learned_pass2(context: ChannelContext, symbols: list[np.ndarray],
+                  samples_per_image: int = _MIX_SAMPLES) -> np.ndarray:
+    """The second pass's sign weights (C, 2) int64 (a_c, b_c) for ``context`` (with ``sign_mixing``): per channel
+    the least-squares prediction of s_c from P_c and the signed anchor-neighbour sum N±_c over up to
+    ``samples_per_image`` second-pass places of each image (fixed seed), scaled so that the larger weight is as
+    large as keeps a_c · P_c + b_c · N±_c exact (at most 2**20), and rounded."""
+    channels, clip = symbols[0].shape[0], context.clip
+    rng = np.random.default_rng(1)
+    gram = np.zeros((channels, 3, 3))
+    for s in symbols:
+        second_pass = np.flatnonzero(~anchor_mask(*s.shape[1:]).reshape(-1))
+        places = rng.choice(second_pass, size=min(second_pass.size, samples_per_image), replace=False)
+        predictions = context.sign_predictions(s).reshape(channels, -1)[:, places]
+        neighbours = neighbour_sum(np.clip(s.astype(np.int64), -clip, clip)).reshape(channels, -1)[:, places]
+        sample = np.stack([predictions, neighbours, s.reshape(channels, -1)[:, places]], axis=1).astype(np.float64)
+        gram += np.einsum("cin,cjn->cij", sample, sample)
+    per_channel = np.abs(context.sign_mixing.astype(np.int64))
+    bounds = clip * (per_channel[0].sum(axis=1) + context.window ** 2 * per_channel[1].sum(axis=1))
+    weights = np.zeros((channels, 2), dtype=np.int64)
+    for c in range(channels):
+        scale = np.sqrt(np.maximum(np.diag(gram[c])[:2], 1e-12))  # P is thousands of times larger than N±
+        normal = gram[c, :2, :2] / np.outer(scale, scale)
+        coefficients = np.linalg.solve(normal + 1e-9 * np.eye(2), gram[c, :2, 2] / scale) / scale
+        peak = np.abs(coefficients).max()
+        if peak > 0:
+            largest = min(_PASS2_SCALE, (EXACT_LIMIT // 2) // (int(bounds[c]) + 4 * clip))
+            weights[c] = np.round(coefficients * (largest / peak)).astype(np.int64)
+    return weights
+
+
 def _as_coded(context: ChannelContext, symbols: np.ndarray) -> np.ndarray:
     """``symbols`` (C, H, W) as the coder codes them: negated where the context's sign flip says so."""
-    flips = context.flips(symbols)
+    flips = context.flips_of(symbols)
     return symbols if flips is None else symbols * flips
 
 
@@ -376,8 +426,10 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
             arrays[f"level{level}_context_cdf"] = table.context_cdf.astype(np.int32)
             if table.context.spatial_edges is not None:
                 arrays[f"level{level}_spatial_edges"] = table.context.spatial_edges.astype(np.int64)
-            if table.context.sign_flip:
-                arrays[f"level{level}_sign_flip"] = np.array([1], dtype=np.int32)
+            if table.context.sign_mixing is not None:
+                arrays[f"level{level}_sign_mix"] = table.context.sign_mixing.astype(np.int64)
+            if table.context.sign_pass2 is not None:
+                arrays[f"level{level}_sign_pass2"] = table.context.sign_pass2.astype(np.int64)
     if contexts:
         clip, window = contexts.pop()
         arrays["context_clip"] = np.array([clip], dtype=np.int32)
@@ -388,11 +440,12 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
 
 def _table_format(tables: list[FrozenTables]) -> int:
     """1: one table per channel; 2: channel context; 3: channel context, some levels with the checkerboard;
-    4: channel context, some levels with the learned activity; 5: some levels also with the sign flip."""
+    4: channel context, some levels with the learned activity; 6: some levels with a sign prediction (format 5,
+    the second pass's sign flip by the anchor neighbours alone, is read but no longer written)."""
     if tables[0].context is None:
         return 1
     if any(t.context.sign_flip for t in tables):
-        return 5
+        return 6
     if any(t.context.learned for t in tables):
         return 4
     return 3 if any(t.context.spatial_edges is not None for t in tables) else 2

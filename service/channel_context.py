@@ -27,13 +27,19 @@ channel for every channel, at the symbol's own place and over its window: with m
 
     A_c(i, j) = Σ_{k < c} P_ck · m_k(i, j) + the 3×3 window sum of Σ_{k < c} Q_ck · m_k        (P, Q = mixing)
 
-With ``sign_flip`` (tables format 5, checkerboard levels only) a second-pass symbol is coded negated, −s_c(i, j),
-where the signed sum of its four anchor neighbours, each clipped to ±clip, is negative: the latents lean a little
-towards their neighbours' sign, which the tables, fitted to the symbols so flipped, then capture.
+A sign prediction (tables format 6, ``sign_mixing`` (2, C, C) and, with the checkerboard, ``sign_pass2`` (C, 2))
+codes a symbol negated, −s_c(i, j), where its predicted sign is negative. With v_k = s_k clipped to ±clip
 
-The weights are a least-squares prediction of m_c, fitted at export and stored as integers; the sums run in
-float64 with ``numpy.einsum`` (its own single-threaded loops: a multi-threaded BLAS stalls when other work
-holds the cores), exact because every partial sum is an integer below 2**53 (``activity_bound``).
+    P_c(i, j) = Σ_{k < c} U_ck · v_k(i, j) + the 3×3 window sum of Σ_{k < c} V_ck · v_k      (U, V = sign_mixing)
+
+predicts the anchors (every symbol without the checkerboard), and a_c · P_c(i, j) + b_c · N±_c(i, j) the second
+pass, N±_c the signed sum of its four anchor neighbours, each clipped to ±clip ((a_c, b_c) = sign_pass2). The
+latents' signs follow the earlier channels' and the neighbours' a little; the tables, fitted to the symbols so
+flipped, then capture it. Format 5's sign flip is the special case without ``sign_mixing`` and (a, b) = (0, 1).
+
+The weights are least-squares predictions of m_c and of s_c, fitted at export and stored as integers; the sums run
+in float64 with ``numpy.einsum`` (its own single-threaded loops: a multi-threaded BLAS stalls when other work
+holds the cores), exact because every partial sum is an integer below 2**53 (``activity_bound``, ``sign_bound``).
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ class ChannelContext:
     """Per-level context parameters: the counting rule's ``weights`` (C,) int64 ≥ 0 or the learned rule's
     ``mixing`` (2, C, C) int64, zero on and above the diagonal (exactly one of them), ``edges`` (C, B − 1) int64
     non-decreasing, and, for the checkerboard, ``spatial_edges`` (C, S − 1) int64 non-decreasing (``None``: one
-    pass), and ``sign_flip``: whether the second pass codes symbols negated by their anchor neighbours' sign."""
+    pass), and the sign prediction's ``sign_mixing`` (2, C, C) int64, zero on and above the diagonal, and
+    ``sign_pass2`` (C, 2) int64, the second pass's weights (a_c, b_c) (each ``None``: not used)."""
 
     weights: np.ndarray | None
     edges: np.ndarray
@@ -69,26 +76,49 @@ class ChannelContext:
     window: int = DEFAULT_WINDOW
     spatial_edges: np.ndarray | None = None
     mixing: np.ndarray | None = None
-    sign_flip: bool = False
+    sign_mixing: np.ndarray | None = None
+    sign_pass2: np.ndarray | None = None
 
     @property
     def learned(self) -> bool:
         """Whether the activity is the learned rule's (``mixing``) rather than the counting rule's."""
         return self.mixing is not None
 
+    @property
+    def sign_flip(self) -> bool:
+        """Whether some symbols are coded negated by their predicted sign."""
+        return self.sign_mixing is not None or self.sign_pass2 is not None
+
     def activity_bound(self) -> int:
         """The largest |A_c| any symbols can give."""
         if self.mixing is None:
             return int(self.clip) * int(self.weights.astype(np.int64).sum()) * self.window * self.window
-        per_channel = np.abs(self.mixing.astype(np.int64)).sum(axis=2).max(axis=1)
-        return int(self.clip) * (int(per_channel[0]) + self.window * self.window * int(per_channel[1]))
+        return int(self._mixed_bounds(self.mixing).max())
+
+    def sign_bound(self) -> int:
+        """The largest |P_c|, and the largest |a_c · P_c + b_c · N±_c|, any symbols can give."""
+        channels = self.edges.shape[0]
+        bounds = np.zeros(channels) if self.sign_mixing is None else self._mixed_bounds(self.sign_mixing)
+        if self.sign_pass2 is not None:
+            weights = np.abs(self.sign_pass2.astype(np.float64))
+            bounds = np.maximum(bounds, weights[:, 0] * bounds + weights[:, 1] * 4 * self.clip)
+        return int(bounds.max(initial=0))
+
+    def _mixed_bounds(self, mixing: np.ndarray) -> np.ndarray:
+        """Per channel the largest |Σ X · v + window sum of Σ Y · v| for (X, Y) = ``mixing`` and |v| ≤ clip, in
+        float64 (weights too large for int64 cannot wrap around to a small bound)."""
+        weights = np.abs(mixing.astype(np.float64)).sum(axis=2)
+        return self.clip * (weights[0] + self.window * self.window * weights[1])
 
     @functools.cached_property
     def mixing_rows(self) -> list[np.ndarray | None]:
         """Per channel c the contiguous float64 rows (2, c) of ``mixing``, ``None`` where they are all zero."""
-        rows = self.mixing.astype(np.float64)
-        return [np.ascontiguousarray(rows[:, c, :c]) if rows[:, c, :c].any() else None
-                for c in range(rows.shape[1])]
+        return _rows(self.mixing)
+
+    @functools.cached_property
+    def sign_rows(self) -> list[np.ndarray | None]:
+        """Per channel c the contiguous float64 rows (2, c) of ``sign_mixing``, ``None`` where they are all zero."""
+        return _rows(self.sign_mixing)
 
     @property
     def buckets(self) -> int:
@@ -113,34 +143,57 @@ class ChannelContext:
             return ids
         return self._with_spatial(ids, bucket_of(self._neighbours(values), self.spatial_edges[channel]))
 
-    def flips(self, values: np.ndarray) -> np.ndarray | None:
-        """With ``sign_flip``: int64 −1 at the second-pass positions of ``values`` (…, H, W) whose anchor neighbours
-        sum (signed, each clipped to ±clip) below 0, whose symbols are coded negated, +1 elsewhere (only the anchors
-        of ``values`` are read); ``None`` without."""
+    def flips_of(self, symbols: np.ndarray) -> np.ndarray | None:
+        """With a sign prediction: int64 (C, H, W), −1 where the symbol of ``symbols`` (C, H, W) is coded negated,
+        +1 elsewhere, as the decoder will find them; ``None`` without."""
         if not self.sign_flip:
             return None
-        signed = neighbour_sum(np.clip(values.astype(np.int64), -self.clip, self.clip))
-        return np.where((signed < 0) & ~anchor_mask(*values.shape[-2:]), -1, 1)
+        return self._flips(self.sign_predictions(symbols), symbols)
+
+    def sign_predictions(self, symbols: np.ndarray) -> np.ndarray | None:
+        """P_c of every symbol of ``symbols`` (C, H, W), int64 (C, H, W); ``None`` without ``sign_mixing``."""
+        if self.sign_mixing is None:
+            return None
+        return _mixed(self.sign_rows, np.clip(symbols.astype(np.int64), -self.clip, self.clip), self.window)
+
+    def channel_flips(self, channel: int, prediction: np.ndarray | None,
+                      values: np.ndarray | None = None) -> np.ndarray | None:
+        """Flips (H, W) int64 of ``channel`` from its prediction P_c (``ContextState.sign_prediction``; ``None``:
+        0) and, for the second pass, the channel's ``values`` (only its anchors are read); with ``values``
+        ``None`` only the first pass's flips are right. ``None`` where nothing flips."""
+        if not self.sign_flip or (prediction is None and values is None):
+            return None
+        return self._flips(prediction, values, channel, values is not None)
+
+    def _flips(self, predictions: np.ndarray | None, values: np.ndarray | None, channel: int | slice = slice(None),
+               second_pass: bool = True) -> np.ndarray:
+        shape = (predictions if values is None else values).shape
+        predicted = np.zeros(shape, dtype=np.int64) if predictions is None else predictions
+        if self.sign_pass2 is not None and second_pass:
+            weights = self.sign_pass2[channel].astype(np.int64)
+            if weights.ndim == 2:
+                weights = weights.T[:, :, None, None]
+            neighbours = neighbour_sum(np.clip(values.astype(np.int64), -self.clip, self.clip))
+            predicted = np.where(anchor_mask(*shape[-2:]), predicted, weights[0] * predicted + weights[1] * neighbours)
+        return np.where(predicted < 0, -1, 1)
 
     def _neighbours(self, values: np.ndarray) -> np.ndarray:
         return neighbour_sum(np.minimum(np.abs(values.astype(np.int64)), self.clip))
 
     def start(self, height: int, width: int) -> "ContextState":
+        signed = None
+        if self.sign_mixing is not None:
+            signed = np.zeros((self.sign_mixing.shape[1], height * width), dtype=np.float64)
         if self.mixing is None:
-            return ContextState(self, np.zeros((height, width), dtype=np.int64))
-        return ContextState(self, np.zeros((self.mixing.shape[1], height * width), dtype=np.float64), (height, width))
+            return ContextState(self, np.zeros((height, width), dtype=np.int64), (height, width), signed)
+        running = np.zeros((self.mixing.shape[1], height * width), dtype=np.float64)
+        return ContextState(self, running, (height, width), signed)
 
     def activities_of(self, symbols: np.ndarray) -> np.ndarray:
         """Activity A_c of every symbol of ``symbols`` (C, H, W), as the decoder will find it: int64 (C, H, W)."""
         magnitudes = np.minimum(np.abs(symbols.astype(np.int64)), self.clip)
         if self.mixing is not None:
-            flat = magnitudes.reshape(magnitudes.shape[0], -1).astype(np.float64)
-            mixed = np.zeros((2,) + flat.shape)
-            for c, rows in enumerate(self.mixing_rows):  # the lower triangle only: half a full product's work
-                if rows is not None:
-                    mixed[:, c] = np.einsum("rk,kn->rn", rows, flat[:c])
-            mixed = mixed.astype(np.int64)
-            return mixed[0].reshape(symbols.shape) + window_sum(mixed[1].reshape(symbols.shape), self.window)
+            return _mixed(self.mixing_rows, magnitudes, self.window)
         magnitudes *= self.weights[:, None, None]
         running = np.zeros_like(magnitudes)
         np.cumsum(magnitudes[:-1], axis=0, out=running[1:])
@@ -166,21 +219,30 @@ class ChannelContext:
 @dataclass
 class ContextState:
     """What the coded channels leave for the next ones while a level is coded channel after channel: the
-    counting rule's running activity R (int64 (H, W)), or the learned rule's magnitudes of every channel
-    (float64 (C, H · W), zero until coded)."""
+    counting rule's running activity R (int64 (H, W)) or the learned rule's magnitudes of every channel (float64
+    (C, H · W), zero until coded), and with a sign prediction's ``sign_mixing`` their clipped signed values."""
 
     context: ChannelContext
     running: np.ndarray
-    shape: tuple[int, int] | None = None  # (H, W) of the learned rule's planes
+    shape: tuple[int, int]  # (H, W)
+    signed: np.ndarray | None = None
 
     def activity(self, channel: int) -> np.ndarray:
         """A_c (H, W) int64 of ``channel`` from the channels added so far."""
-        if self.shape is None:
+        if not self.context.learned:
             return window_sum(self.running, self.context.window)
-        rows = self.context.mixing_rows[channel]
+        return self._mixed(self.context.mixing_rows[channel], self.running[:channel])
+
+    def sign_prediction(self, channel: int) -> np.ndarray | None:
+        """P_c (H, W) int64 of ``channel`` from the channels added so far; ``None`` without ``sign_mixing``."""
+        if self.signed is None:
+            return None
+        return self._mixed(self.context.sign_rows[channel], self.signed[:channel])
+
+    def _mixed(self, rows: np.ndarray | None, planes: np.ndarray) -> np.ndarray:
         if rows is None:
             return np.zeros(self.shape, dtype=np.int64)
-        mixed = np.einsum("rk,kn->rn", rows, self.running[:channel]).astype(np.int64)
+        mixed = np.einsum("rk,kn->rn", rows, planes).astype(np.int64)
         return mixed[0].reshape(self.shape) + window_sum(mixed[1].reshape(self.shape), self.context.window)
 
     def buckets(self, channel: int) -> np.ndarray:
@@ -189,11 +251,34 @@ class ContextState:
 
     def add(self, channel: int, symbols: np.ndarray) -> None:
         """Add a coded channel's symbols (H, W) to what later channels see."""
-        magnitude = np.minimum(np.abs(symbols.astype(np.int64)), self.context.clip)
-        if self.shape is None:
+        clip = self.context.clip
+        magnitude = np.minimum(np.abs(symbols.astype(np.int64)), clip)
+        if not self.context.learned:
             self.running += int(self.context.weights[channel]) * magnitude
         else:
             self.running[channel] = magnitude.reshape(-1)
+        if self.signed is not None:
+            self.signed[channel] = np.clip(symbols.astype(np.int64), -clip, clip).reshape(-1)
+
+
+def _rows(mixing: np.ndarray | None) -> list[np.ndarray | None]:
+    """Per channel c the contiguous float64 rows (2, c) of ``mixing`` (2, C, C), ``None`` where all zero."""
+    if mixing is None:
+        return []
+    rows = mixing.astype(np.float64)
+    return [np.ascontiguousarray(rows[:, c, :c]) if rows[:, c, :c].any() else None for c in range(rows.shape[1])]
+
+
+def _mixed(rows: list[np.ndarray | None], values: np.ndarray, window: int) -> np.ndarray:
+    """Σ_{k<c} X_ck · values_k + the window sum of Σ_{k<c} Y_ck · values_k for every channel c of ``values``
+    (C, H, W) integers, (X, Y) = ``rows[c]``: int64 (C, H, W), exact in float64 below 2**53."""
+    flat = values.reshape(values.shape[0], -1).astype(np.float64)
+    mixed = np.zeros((2,) + flat.shape)
+    for c, channel_rows in enumerate(rows):  # the lower triangle only: half a full product's work
+        if channel_rows is not None:
+            mixed[:, c] = np.einsum("rk,kn->rn", channel_rows, flat[:c])
+    mixed = mixed.astype(np.int64)
+    return mixed[0].reshape(values.shape) + window_sum(mixed[1].reshape(values.shape), window)
 
 
 def _count_edges(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -10,7 +10,9 @@ the checkerboard (tables format 3, levels with spatial thresholds) a channel is 
 anchors ((i + j) even) table by table and their escapes, then the other positions, whose tables also depend
 on their four anchor neighbours, table by table and their escapes. Tables format 4 codes the same way; only
 the activity that picks a symbol's bucket is the learned rule's at levels that store its weights. Format 5 also
-codes a second-pass symbol negated where its anchor neighbours' signed sum is negative, at levels that say so.
+codes a second-pass symbol negated where its anchor neighbours' signed sum is negative, at levels that say so;
+format 6 codes any symbol negated where the sign prediction of its level (earlier channels, and at the second
+pass also the anchor neighbours) is negative.
 Only the stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that
 every word of the payload was used.
 """
@@ -65,7 +67,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
     with archive:
         try:
             version = int(archive["format_version"][0])
-            if version not in (1, 2, 3, 4, 5):
+            if version not in (1, 2, 3, 4, 5, 6):
                 raise ModelLoadError(f"{path}: unknown table format {version}")
             precision = int(archive["precision"][0])
             if int(archive["levels"][0]) != levels:
@@ -90,17 +92,26 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
 
 def _context_arrays(archive, level: int, version: int) -> dict:
     """A level's channel context: the counting rule's weights, or (format ≥ 4, where the level has them) the
-    learned rule's mixing weights; the second pass's sign flip (format 5, where the level has it)."""
+    learned rule's mixing weights; the sign prediction (format 6, where the level has it), or format 5's sign flip
+    of the second pass, which is the prediction (a, b) = (0, 1) without earlier channels."""
     spatial, mixing, flip = f"level{level}_spatial_edges", f"level{level}_context_mix", f"level{level}_sign_flip"
+    sign_mixing, sign_pass2 = f"level{level}_sign_mix", f"level{level}_sign_pass2"
     learned = version >= 4 and mixing in archive.files
+    edges = archive[f"level{level}_context_edges"].astype(np.int64)
+    signs: dict[str, np.ndarray] = {}
+    if version >= 6:
+        signs = {name: archive[key].astype(np.int64) for name, key in
+                 (("sign_mixing", sign_mixing), ("sign_pass2", sign_pass2)) if key in archive.files}
+    elif version == 5 and flip in archive.files and bool(archive[flip].reshape(-1)[0]):
+        signs = {"sign_pass2": np.tile(np.array([[0, 1]], dtype=np.int64), (edges.shape[0], 1))}
     context = ChannelContext(
         weights=None if learned else archive[f"level{level}_context_weights"].astype(np.int64),
-        edges=archive[f"level{level}_context_edges"].astype(np.int64),
+        edges=edges,
         clip=int(archive["context_clip"][0]),
         window=int(archive["context_window"][0]),
         spatial_edges=archive[spatial].astype(np.int64) if spatial in archive.files else None,
         mixing=archive[mixing].astype(np.int64) if learned else None,
-        sign_flip=version >= 5 and flip in archive.files and bool(archive[flip].reshape(-1)[0]),
+        **signs,
     )
     return {"context": context, "context_cdf": archive[f"level{level}_context_cdf"].astype(np.int64)}
 
@@ -147,8 +158,17 @@ def _check_context(table: LevelTables, level: int) -> None:
                              f"expected {context.tables} per channel")
     if np.any(np.diff(context.edges, axis=1) < 0):
         raise ModelLoadError(f"level {level}: context thresholds not sorted")
-    if context.sign_flip and spatial is None:
-        raise ModelLoadError(f"level {level}: a sign flip needs the checkerboard's second pass")
+    if context.sign_pass2 is not None and (spatial is None or context.sign_pass2.shape != (channels, 2)):
+        raise ModelLoadError(f"level {level}: the second pass's sign weights need the checkerboard and "
+                             f"({channels}, 2) entries, got {context.sign_pass2.shape}")
+    if context.sign_mixing is not None:
+        if context.sign_mixing.shape != (2, channels, channels):
+            raise ModelLoadError(f"level {level}: sign weights {context.sign_mixing.shape} do not fit {channels} "
+                                 "channels")
+        if np.any(np.triu(context.sign_mixing[0])) or np.any(np.triu(context.sign_mixing[1])):
+            raise ModelLoadError(f"level {level}: a channel's sign prediction weighs itself or a later channel")
+    if context.sign_flip and context.sign_bound() >= EXACT_LIMIT:
+        raise ModelLoadError(f"level {level}: sign weights too large to sum exactly")
     if not 1 <= context.clip <= 1 << 16 or context.window not in (1, 3, 5, 7):
         raise ModelLoadError(f"level {level}: context clip {context.clip} or window {context.window} out of range")
     if context.learned:
@@ -232,7 +252,7 @@ class TableCoder:
 
     def bit_costs(self, table_ids: np.ndarray, symbols: np.ndarray, flips: np.ndarray | None = None) -> np.ndarray:
         """Bits (C, H, W) of every symbol of ``symbols`` (C, H, W) under the table ``table_ids`` (C, H, W) gives
-        it (escapes with their payload), coded negated where ``flips`` (``ChannelContext.flips``) is −1:
+        it (escapes with their payload), coded negated where ``flips`` (``ChannelContext.flips_of``) is −1:
         :meth:`_symbol_bits` for a whole level at once."""
         if flips is not None:
             symbols = symbols * flips
@@ -269,6 +289,7 @@ class TableCoder:
             if not rounded[c].any():
                 continue  # nothing to move, and zeros add nothing to the context of later channels
             buckets = state.buckets(c) if state is not None else no_context
+            prediction = state.sign_prediction(c) if state is not None else None
             flat_residuals, flat_out = residuals[c].reshape(-1), out[c].reshape(-1)
             for second_pass, positions in enumerate(passes):
                 table_ids = (context.table_ids(c, buckets, out[c]) if second_pass else buckets).reshape(-1)
@@ -277,7 +298,9 @@ class TableCoder:
                 closer = symbols - np.sign(symbols)
                 added_error = (r - closer) ** 2 - (r - symbols) ** 2
                 candidates = np.stack([symbols, closer])
-                flips = context.flips(out[c]) if second_pass else None  # from the anchors just decided
+                # the second pass's flips also need the anchors just decided
+                flips = (context.channel_flips(c, prediction, out[c] if second_pass else None)
+                         if context is not None else None)
                 if flips is not None:
                     candidates = candidates * flips.reshape(-1)[chosen]
                 rounded_bits, closer_bits = self._symbol_bits(c, table_ids[chosen], candidates)
@@ -313,6 +336,7 @@ class TableCoder:
         state = context.start(height, width) if context is not None else None
         # small levels: every table id at once (less per-channel overhead); large ones channel by channel (cache)
         all_ids = context.table_ids_of(symbols) if context is not None and symbols.size <= _VECTOR_BUCKETS else None
+        all_flips = context.flips_of(symbols) if context is not None else None
         passes = self._passes(height, width)
         encoder = constriction.stream.queue.RangeEncoder()
         for c in range(self.tables.channels):
@@ -324,13 +348,12 @@ class TableCoder:
             else:
                 table_ids = context.table_ids(c, state.buckets(c), symbols[c]).reshape(-1)
                 state.add(c, symbols[c])
-            flips = context.flips(symbols[c]) if context is not None else None
-            for second_pass, positions in enumerate(passes):
+            for positions in passes:
                 values = symbols[c].reshape(-1)
+                if all_flips is not None:
+                    values = values * all_flips[c].reshape(-1)
                 if positions is not None:
                     values = values[positions]
-                if second_pass and flips is not None:
-                    values = values * flips.reshape(-1)[positions]
                 index, escaped = self._table_index(c, values)
                 coded = np.where(escaped, n - 1, index).astype(np.int32)
                 if table_ids is None:
@@ -377,6 +400,7 @@ class TableCoder:
             for c in range(self.tables.channels):
                 n = int(self.tables.lengths[c])
                 buckets = state.buckets(c) if state is not None else None
+                prediction = state.sign_prediction(c) if state is not None else None
                 for second_pass, positions in enumerate(passes):
                     size_of_pass = count if positions is None else positions.size
                     if state is None:
@@ -400,9 +424,10 @@ class TableCoder:
                     values = index + int(self.tables.offsets[c])
                     if np.abs(values).max(initial=0) > MAX_ABS_SYMBOL:
                         raise CorruptStream("decoded symbol out of range")
-                    flips = context.flips(out[c].reshape(height, width)) if second_pass else None
-                    if flips is not None:  # from the anchors of the first pass
-                        values = values * flips.reshape(-1)[positions]
+                    flips = None if context is None else context.channel_flips(  # the second pass's: from the anchors
+                        c, prediction, out[c].reshape(height, width) if second_pass else None)
+                    if flips is not None:
+                        values = values * (flips.reshape(-1) if positions is None else flips.reshape(-1)[positions])
                     if positions is None:
                         out[c] = values
                     else:

@@ -86,7 +86,7 @@ def refine_latent(model: LoadedModel, level: int, image: np.ndarray, height: int
         rounded = np.rint(residual).astype(np.int64)
         table_ids = context.table_ids_of(rounded) if context is not None else np.zeros_like(rounded)
         floor_symbols = floor.astype(np.int64)
-        flips = context.flips(rounded) if context is not None else None
+        flips = context.flips_of(rounded) if context is not None else None
         bits_up = (coder.bit_costs(table_ids, floor_symbols + 1, flips)
                    - coder.bit_costs(table_ids, floor_symbols, flips))
         slope = ceil_share * (1.0 - ceil_share) / temperature

@@ -163,16 +163,54 @@ def _learned_checkerboard_tables(channels: int) -> LevelTables:
     return _learned(_checkerboard_tables(channels))
 
 
-def _flipping_tables(channels: int) -> LevelTables:
-    """``_learned_checkerboard_tables`` with the sign flip, and second-pass tables that lean positive (the mode
-    at +1), as tables fitted to flipped symbols do."""
-    tables = _learned_checkerboard_tables(channels)
-    context = dataclasses.replace(tables.context, sign_flip=True)
+def _leaning(tables: LevelTables, context, first: int) -> LevelTables:
+    """``tables`` with ``context`` and its tables from ``first`` on leaning positive (the mode at +1), as tables
+    fitted to flipped symbols do."""
     values = np.arange(-8, 9)
-    leaning = np.stack([_laplace_cdf(0.3 * (t + 1), values - 1) for t in range(context.tables - context.buckets)])
+    leaning = np.stack([_laplace_cdf(0.3 * (t % 8 + 1), values - 1) for t in range(context.tables - first)])
     context_cdf = tables.context_cdf.copy()
-    context_cdf[:, context.buckets :] = leaning[None]
+    context_cdf[:, first:] = leaning[None]
     return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
+
+
+def _flipping_tables(channels: int) -> LevelTables:
+    """``_learned_checkerboard_tables`` with format 5's sign flip, (a, b) = (0, 1), and leaning second-pass tables."""
+    tables = _learned_checkerboard_tables(channels)
+    context = dataclasses.replace(tables.context, sign_pass2=np.tile(np.array([[0, 1]]), (channels, 1)))
+    return _leaning(tables, context, context.buckets)
+
+
+def _sign_mixing(channels: int) -> np.ndarray:
+    """Sign weights (2, C, C): channel c leans against channel c − 1 at its place and with channel 0 around it."""
+    mixing = np.zeros((2, channels, channels), dtype=np.int64)
+    for c in range(1, channels):
+        mixing[0, c, c - 1] = -4096
+        mixing[1, c, 0] = 7 * c
+    return mixing
+
+
+def _predicting_tables(channels: int) -> LevelTables:
+    """``_learned_checkerboard_tables`` with a sign prediction (format 6) and leaning tables."""
+    tables = _learned_checkerboard_tables(channels)
+    pass2 = np.stack([np.arange(channels) % 3, np.full(channels, 5000)], axis=1)
+    context = dataclasses.replace(tables.context, sign_mixing=_sign_mixing(channels), sign_pass2=pass2)
+    return _leaning(tables, context, 0)
+
+
+def _predicting_one_pass_tables(channels: int) -> LevelTables:
+    """``_learned_tables`` with the sign prediction of the earlier channels (format 6, no checkerboard)."""
+    tables = _learned_tables(channels)
+    return _leaning(tables, dataclasses.replace(tables.context, sign_mixing=_sign_mixing(channels)), 0)
+
+
+def _following_symbols(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
+    """Symbols whose signs follow the sign field of ``_sign_field_symbols`` and, from channel 1 on, are the
+    opposite of the channel before's where that is not 0."""
+    symbols = _sign_field_symbols(rng, channels, height, width).astype(np.int64)
+    for c in range(1, channels):
+        against = -np.sign(symbols[c - 1])
+        symbols[c] = np.where(against != 0, against * np.abs(symbols[c]), symbols[c])
+    return symbols.astype(np.int32)
 
 
 def _sign_field_symbols(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
@@ -191,7 +229,8 @@ def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: i
 # the encoder finds the buckets of small levels all at once and of large ones channel by channel, as decoding does
 @pytest.mark.parametrize("height, width", [(19, 26), (230, 240), (1, 1), (1, 7)])
 @pytest.mark.parametrize("make_tables", [_context_tables, _checkerboard_tables, _learned_tables,
-                                         _learned_checkerboard_tables, _flipping_tables])
+                                         _learned_checkerboard_tables, _flipping_tables, _predicting_tables,
+                                         _predicting_one_pass_tables])
 def test_channel_context_round_trip_is_exact_and_byte_identical(height, width, make_tables):
     rng = np.random.default_rng(3)
     coder = TableCoder(make_tables(5))
@@ -246,9 +285,9 @@ def test_checkerboard_tables_are_what_the_decoder_sees(height, width, make_table
 def test_the_sign_flip_codes_symbols_that_follow_their_neighbours_sign_in_fewer_bytes():
     rng = np.random.default_rng(14)
     flipping = _flipping_tables(4)
-    plain = dataclasses.replace(flipping, context=dataclasses.replace(flipping.context, sign_flip=False))
+    plain = dataclasses.replace(flipping, context=dataclasses.replace(flipping.context, sign_pass2=None))
     symbols = _sign_field_symbols(rng, 4, 48, 40)
-    flips = flipping.context.flips(symbols)
+    flips = flipping.context.flips_of(symbols)
     anchors = anchor_mask(48, 40)
     assert np.all(flips[:, anchors] == 1) and (flips == -1).mean() > 0.2  # only second-pass symbols flip
     coder = TableCoder(flipping)
@@ -379,6 +418,84 @@ def test_sign_flip_tables_load_and_need_the_checkerboard(tmp_path):
         load_tables(tmp_path / "bad.npz", 1, [3])
 
 
+@pytest.mark.parametrize("make_tables", [_predicting_tables, _predicting_one_pass_tables, _flipping_tables])
+@pytest.mark.parametrize("height, width", [(12, 9), (33, 40)])
+def test_sign_flips_are_what_the_decoder_sees(make_tables, height, width):
+    rng = np.random.default_rng(21)
+    context = make_tables(5).context
+    symbols = _following_symbols(rng, 5, height, width)
+    symbols[2, 0, 0] = 70_000  # clipped like every value
+    flips = context.flips_of(symbols)
+    state = context.start(height, width)
+    checkerboard = context.spatial_edges is not None
+    first_pass = anchor_mask(height, width) if checkerboard else np.ones((height, width), dtype=bool)
+    for c in range(5):
+        prediction = state.sign_prediction(c)
+        first = context.channel_flips(c, prediction)  # before any of the channel is known
+        first = np.ones((height, width), dtype=np.int64) if first is None else first
+        np.testing.assert_array_equal(first[first_pass], flips[c][first_pass])
+        if checkerboard:
+            anchors_only = np.where(first_pass, symbols[c], 0)
+            np.testing.assert_array_equal(context.channel_flips(c, prediction, anchors_only), flips[c])
+        state.add(c, symbols[c])
+    assert (flips == -1).mean() > 0.2
+
+
+def test_the_sign_prediction_codes_symbols_that_follow_earlier_channels_in_fewer_bytes():
+    rng = np.random.default_rng(22)
+    predicting = _predicting_tables(4)
+    symbols = _following_symbols(rng, 4, 48, 40)
+    flips = predicting.context.flips_of(symbols)
+    coded = symbols * flips
+    assert np.mean(coded[1:][symbols[1:] != 0] > 0) > 0.75  # the prediction gets most signs right
+    coder = TableCoder(predicting)
+    payload = coder.encode(symbols)
+    np.testing.assert_array_equal(coder.decode(payload, 48, 40), symbols)
+    neighbours_only = TableCoder(_leaning(predicting, dataclasses.replace(
+        predicting.context, sign_mixing=None, sign_pass2=np.tile(np.array([[0, 1]]), (4, 1))), 0))
+    assert len(payload) < 0.9 * len(neighbours_only.encode(symbols))
+    table_ids = predicting.context.table_ids_of(symbols)
+    ideal = coder.bit_costs(table_ids, symbols, flips).sum()
+    assert abs(len(payload) * 8 - ideal) < 0.01 * ideal + 64
+
+
+def test_sign_prediction_tables_load_and_bad_ones_are_rejected(tmp_path):
+    tables = _predicting_tables(3)
+    context = tables.context
+    signs = {"format_version": np.array([6]), "level1_sign_mix": context.sign_mixing,
+             "level1_sign_pass2": context.sign_pass2}
+    _save_context_tables(tmp_path / "good.npz", tables, **signs)
+    loaded = load_tables(tmp_path / "good.npz", 1, [3])[0]
+    np.testing.assert_array_equal(loaded.context.sign_mixing, context.sign_mixing)
+    np.testing.assert_array_equal(loaded.context.sign_pass2, context.sign_pass2)
+    symbols = _following_symbols(np.random.default_rng(23), 3, 12, 10)
+    assert TableCoder(loaded).encode(symbols) == TableCoder(tables).encode(symbols)
+    _save_context_tables(tmp_path / "old.npz", tables, **{**signs, "format_version": np.array([4])})
+    assert not load_tables(tmp_path / "old.npz", 1, [3])[0].context.sign_flip  # format 4 has no signs
+    own = context.sign_mixing.copy()
+    own[0, 1, 1] = 3
+    huge = context.sign_mixing.copy()
+    huge[1, 2, 0] = 1 << 62
+    for name, overrides in {
+        "weighs itself": {"level1_sign_mix": own},
+        "one matrix": {"level1_sign_mix": context.sign_mixing[0]},
+        "too large": {"level1_sign_mix": huge},
+        "pass-2 weights too large": {"level1_sign_pass2": np.full((3, 2), 1 << 60)},
+        "pass-2 shape": {"level1_sign_pass2": context.sign_pass2[:2]},
+    }.items():
+        _save_context_tables(tmp_path / "bad.npz", tables, **{**signs, **overrides})
+        with pytest.raises(ModelLoadError):
+            load_tables(tmp_path / "bad.npz", 1, [3])
+    one_pass = _predicting_one_pass_tables(3)
+    _save_context_tables(tmp_path / "bad.npz", one_pass, **signs)
+    with pytest.raises(ModelLoadError, match="checkerboard"):
+        load_tables(tmp_path / "bad.npz", 1, [3])
+    _save_context_tables(tmp_path / "one.npz", one_pass, format_version=np.array([6]),
+                         level1_sign_mix=context.sign_mixing)
+    assert TableCoder(load_tables(tmp_path / "one.npz", 1, [3])[0]).encode(symbols) == TableCoder(one_pass).encode(
+        symbols)
+
+
 def test_checkerboard_tables_load_and_bad_ones_are_rejected(tmp_path):
     tables = _checkerboard_tables(3)
     _save_context_tables(tmp_path / "good.npz", tables)
@@ -410,7 +527,8 @@ def test_window_sum_replicates_edges_like_numpy_pad(shape, window):
     np.testing.assert_array_equal(window_sum(values, window), expected)
 
 
-@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables, _flipping_tables])
+@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables, _flipping_tables,
+                                         _predicting_tables, _predicting_one_pass_tables])
 def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(make_tables):
     tables = make_tables(5)
     coder = TableCoder(tables)
@@ -430,7 +548,8 @@ def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(ma
     assert errors == sorted(errors)
 
 
-@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables, _flipping_tables])
+@pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables, _flipping_tables,
+                                         _predicting_tables])
 def test_per_symbol_probabilities_give_the_bytes_of_one_model_per_table(make_tables, monkeypatch):
     """Small passes go to constriction in one call with per-symbol probabilities, larger ones table by table:
     the same quantised models, so the same bytes either way."""

@@ -105,8 +105,9 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     assert all(c < f for c, f in zip(report["bits_per_symbol_context"], report["bits_per_symbol_fitted"]))
     assert manifest["entropy_coding"] == {"method": "factorized"}
     assert fitted["entropy_coding"] == {"method": "channel-context", "activity": "learned", "buckets": 16,
-                                        "clip": 255, "window": 3, "spatial_buckets": [0, 8, 8]}
-    assert int(np.load(tmp_path / "entropy_tables.npz")["format_version"][0]) == 4
+                                        "clip": 255, "window": 3, "spatial_buckets": [0, 8, 8],
+                                        "signs": ["learned"] * 3}
+    assert int(np.load(tmp_path / "entropy_tables.npz")["format_version"][0]) == 6
     assert report["spatial_buckets"] == [0, 8, 8]
     assert fitted["model_id"] != manifest["model_id"]
     codec = Codec.from_dir(tmp_path, threads=1)
@@ -117,16 +118,18 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
         export_model(model, tmp_path / "none", fit_dir=tmp_path / "no-such-folder")
     channel_only = export_model(model, tmp_path / "channel", fit_dir=small_image_dir, spatial_buckets=0)
     assert channel_only["entropy_coding"] == {"method": "channel-context", "activity": "learned", "buckets": 16,
-                                              "clip": 255, "window": 3}
+                                              "clip": 255, "window": 3, "signs": ["learned"] * 3}
     without = channel_only["tables_fitted_on"]["bits_per_symbol_context"]
     with_spatial = report["bits_per_symbol_context"]
     # level 1 keeps one pass; the others get the checkerboard (its gain is tested on busy symbols in test_freeze)
     assert with_spatial[0] == without[0] and all(s != c for s, c in zip(with_spatial[1:], without[1:]))
-    flipping = export_model(model, tmp_path / "flip", fit_dir=small_image_dir, sign_flip=True)
-    assert flipping["entropy_coding"]["sign_flip"] == [False, True, True]  # the levels with the checkerboard
-    assert int(np.load(tmp_path / "flip" / "entropy_tables.npz")["format_version"][0]) == 5
-    assert "sign_flip" not in fitted["entropy_coding"]
-    counting = export_model(model, tmp_path / "counting", fit_dir=small_image_dir, learned_activity=False)
+    neighbours = export_model(model, tmp_path / "flip", fit_dir=small_image_dir, signs="neighbours")
+    assert neighbours["entropy_coding"]["signs"] == ["none", "neighbours", "neighbours"]  # the checkerboard's
+    no_signs = export_model(model, tmp_path / "no-signs", fit_dir=small_image_dir, signs="none")
+    assert "signs" not in no_signs["entropy_coding"]
+    assert int(np.load(tmp_path / "no-signs" / "entropy_tables.npz")["format_version"][0]) == 4
+    counting = export_model(model, tmp_path / "counting", fit_dir=small_image_dir, learned_activity=False,
+                            signs="none")
     assert counting["entropy_coding"]["activity"] == "counting"
     assert int(np.load(tmp_path / "counting" / "entropy_tables.npz")["format_version"][0]) == 3
     assert counting["tables_fitted_on"]["bits_per_symbol_fitted"] == report["bits_per_symbol_fitted"]

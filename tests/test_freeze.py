@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from model_export.entropy import EntropyBottleneck
 from model_export.freeze import (FrozenTables, context_bits, count_bits, fit_context_tables, fit_tables, freeze_bottleneck,
                                  ideal_bits, quantize_pmf, runtime_coder, save_tables, symbol_counts)
+from service.channel_context import window_sum
 from service.entropy_coder import LevelTables, TableCoder, load_tables
 
 
@@ -265,12 +268,12 @@ def test_the_sign_flip_fits_tables_to_the_flipped_symbols_and_round_trips(tmp_pa
     frozen = _wide_tables()
     training = [_sign_field_symbols(seed) for seed in range(6)]
     plain = fit_context_tables(frozen, training, buckets=4, spatial_buckets=4)
-    flipping = fit_context_tables(frozen, training, buckets=4, spatial_buckets=4, sign_flip=True)
+    flipping = fit_context_tables(frozen, training, buckets=4, spatial_buckets=4, signs="neighbours")
     fresh = _sign_field_symbols(99)
     assert context_bits(flipping, fresh) < 0.95 * context_bits(plain, fresh)  # half the symbols are anchors
     np.testing.assert_array_equal(flipping.context.edges, plain.context.edges)
     save_tables(tmp_path / "t.npz", [plain, flipping])
-    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 5
+    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 6
     loaded = load_tables(tmp_path / "t.npz", 2, [6, 6])
     assert not loaded[0].context.sign_flip and loaded[1].context.sign_flip
     coder = TableCoder(loaded[1])
@@ -278,8 +281,52 @@ def test_the_sign_flip_fits_tables_to_the_flipped_symbols_and_round_trips(tmp_pa
     np.testing.assert_array_equal(coder.decode(payload, 48, 48), fresh)
     assert abs(len(payload) * 8 - context_bits(flipping, fresh)) < 0.01 * len(payload) * 8 + 64
     assert runtime_coder(flipping).encode(fresh) == payload
-    with pytest.raises(ValueError, match="sign_flip"):
-        fit_context_tables(frozen, training, buckets=4, sign_flip=True)
+    with pytest.raises(ValueError, match="neighbours"):
+        fit_context_tables(frozen, training, buckets=4, signs="neighbours")
+    with pytest.raises(ValueError, match="signs"):
+        fit_context_tables(frozen, training, buckets=4, signs="yes")
+
+
+def _sign_following_symbols(seed: int, channels: int = 6, size: int = 48) -> np.ndarray:
+    """Symbols whose signs follow a smooth field in channel 0 and, from channel 1 on, mostly go against the
+    channel before's at the same place, or with the channel two before's over the window."""
+    rng = np.random.default_rng(seed)
+    symbols = _sign_field_symbols(seed, channels, size)
+    for c in range(1, channels):
+        sign = -np.sign(symbols[c - 1]) if c % 2 else np.sign(window_sum(symbols[c - 2], 3))
+        keep = (sign == 0) | (rng.random(sign.shape) < 0.1)
+        symbols[c] = np.where(keep, symbols[c], sign * np.abs(symbols[c]))
+    return symbols
+
+
+@pytest.mark.parametrize("spatial_buckets", [0, 4])
+def test_the_learned_sign_prediction_finds_what_the_earlier_channels_say(tmp_path, spatial_buckets):
+    frozen = _wide_tables()
+    training = [_sign_following_symbols(seed) for seed in range(6)]
+    fit = functools.partial(fit_context_tables, frozen, training, buckets=4, spatial_buckets=spatial_buckets)
+    plain, learned = fit(), fit(signs="learned")
+    mixing = learned.context.sign_mixing
+    assert np.all(np.triu(mixing[0]) == 0) and np.all(np.triu(mixing[1]) == 0)
+    for c in range(1, 6):  # the strongest weight is where the signs come from
+        if c % 2:
+            assert mixing[0, c, c - 1] == -4096
+        else:
+            assert np.argmax(np.abs(mixing[1, c])) == c - 2 and mixing[1, c, c - 2] > 0
+    assert (learned.context.sign_pass2 is not None) == bool(spatial_buckets)
+    fresh = _sign_following_symbols(99)
+    assert context_bits(learned, fresh) < 0.94 * context_bits(plain, fresh)
+    if spatial_buckets:
+        neighbours = fit(signs="neighbours")
+        assert context_bits(learned, fresh) < 0.95 * context_bits(neighbours, fresh)
+        assert np.abs(learned.context.sign_pass2).max() <= 1 << 20
+    save_tables(tmp_path / "t.npz", [learned])
+    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 6
+    loaded = load_tables(tmp_path / "t.npz", 1, [6])[0]
+    coder = TableCoder(loaded)
+    payload = coder.encode(fresh)
+    np.testing.assert_array_equal(coder.decode(payload, 48, 48), fresh)
+    assert abs(len(payload) * 8 - context_bits(learned, fresh)) < 0.01 * len(payload) * 8 + 64
+    assert runtime_coder(learned).encode(fresh) == payload
 
 
 def test_context_fitting_rejects_bad_arguments():

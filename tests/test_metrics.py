@@ -286,7 +286,7 @@ def test_evaluation_pipeline_with_stand_in_codec():
     assert "## sslic per level" in markdown and "kodim10" in markdown and "NIQE" in markdown
     report["model"] = {"model_id": "m", "rdoq_lambda": [0.1, 0],
                        "entropy_coding": {"method": "channel-context", "activity": "learned",
-                                          "spatial_buckets": [0, 8]}}
+                                          "spatial_buckets": [0, 8], "signs": ["learned", "learned"]}}
     assert ("m (entropy coding: channel-context with the learned activity, checkerboard of 8 spatial buckets at "
-            "levels 2; "
+            "levels 2, sign prediction (learned / learned); "
             "RDO rounding λ per level: 0.1 / 0") in evaluate.render_markdown(report)

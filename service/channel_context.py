@@ -180,9 +180,11 @@ class ChannelContext:
     def _neighbours(self, values: np.ndarray) -> np.ndarray:
         return neighbour_sum(np.minimum(np.abs(values.astype(np.int64)), self.clip))
 
-    def start(self, height: int, width: int) -> "ContextState":
+    def start(self, height: int, width: int, signs: bool = True) -> "ContextState":
+        """The state for coding a level of (height, width) channel by channel; ``signs``: keep what the sign
+        prediction needs (a coder that knows every symbol already takes its flips from ``flips_of``)."""
         signed = None
-        if self.sign_mixing is not None:
+        if signs and self.sign_mixing is not None:
             signed = np.zeros((self.sign_mixing.shape[1], height * width), dtype=np.float64)
         if self.mixing is None:
             return ContextState(self, np.zeros((height, width), dtype=np.int64), (height, width), signed)

@@ -333,7 +333,7 @@ class TableCoder:
             raise ValueError(f"symbol magnitude above {MAX_ABS_SYMBOL}")
         context = self.tables.context
         height, width = symbols.shape[1:]
-        state = context.start(height, width) if context is not None else None
+        state = context.start(height, width, signs=False) if context is not None else None
         # small levels: every table id at once (less per-channel overhead); large ones channel by channel (cache)
         all_ids = context.table_ids_of(symbols) if context is not None and symbols.size <= _VECTOR_BUCKETS else None
         all_flips = context.flips_of(symbols) if context is not None else None

@@ -184,6 +184,7 @@ def test_operational_endpoints_and_metrics(client, codec):
     assert model["entropy_coding"]["method"] == "channel-context" and model["entropy_coding"]["buckets"] == 16
     assert model["entropy_coding"]["activity"] == "learned"  # tables format 4
     assert model["entropy_coding"]["spatial_buckets"] == [0, 8, 8, 8]  # the checkerboard at levels 2-4
+    assert model["entropy_coding"]["signs"] == ["learned"] * 4  # tables format 6
     assert [entry["rdoq_lambda"] for entry in model["levels"]] == [0.3, 0.1, 0.15, 0.0]  # fitted for, in the manifest
     assert model["refinement"] == {"available": True, "default_steps": 0, "max_steps": 200}
     assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200

@@ -111,9 +111,10 @@ def test_the_symbols_measured_are_those_the_runtime_codes(small_image_dir):
     expected = codec.symbols(image, [2, 4])
     np.testing.assert_array_equal(symbols[2][name], expected[2])
     np.testing.assert_array_equal(symbols[4][name], expected[4])
-    coder = codec.model.coders[3]
-    bits = coder.bit_costs(coder.tables.context.table_ids_of(expected[4]), expected[4]).sum()
+    coder, context = codec.model.coders[3], codec.model.coders[3].tables.context
+    bits = coder.bit_costs(context.table_ids_of(expected[4]), expected[4], context.flips_of(expected[4])).sum()
     assert table_code_length(coder, expected[4]) == pytest.approx(bits)
+    assert abs(len(coder.encode(expected[4])) * 8 - bits) < 0.01 * bits + 64  # what the coder writes
 
 
 @pytest.mark.parametrize("tables", [0, 16])

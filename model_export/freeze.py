@@ -322,8 +322,7 @@ def learned_pass2(context: ChannelContext, symbols: list[np.ndarray],
         neighbours = neighbour_sum(np.clip(s.astype(np.int64), -clip, clip)).reshape(channels, -1)[:, places]
         sample = np.stack([predictions, neighbours, s.reshape(channels, -1)[:, places]], axis=1).astype(np.float64)
         gram += np.einsum("cin,cjn->cij", sample, sample)
-    per_channel = np.abs(context.sign_mixing.astype(np.int64))
-    bounds = clip * (per_channel[0].sum(axis=1) + context.window ** 2 * per_channel[1].sum(axis=1))
+    bounds = context.mixed_bounds(context.sign_mixing)
     weights = np.zeros((channels, 2), dtype=np.int64)
     for c in range(channels):
         scale = np.sqrt(np.maximum(np.diag(gram[c])[:2], 1e-12))  # P is thousands of times larger than N±

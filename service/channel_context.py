@@ -93,18 +93,18 @@ class ChannelContext:
         """The largest |A_c| any symbols can give."""
         if self.mixing is None:
             return int(self.clip) * int(self.weights.astype(np.int64).sum()) * self.window * self.window
-        return int(self._mixed_bounds(self.mixing).max())
+        return int(self.mixed_bounds(self.mixing).max())
 
     def sign_bound(self) -> int:
         """The largest |P_c|, and the largest |a_c · P_c + b_c · N±_c|, any symbols can give."""
         channels = self.edges.shape[0]
-        bounds = np.zeros(channels) if self.sign_mixing is None else self._mixed_bounds(self.sign_mixing)
+        bounds = np.zeros(channels) if self.sign_mixing is None else self.mixed_bounds(self.sign_mixing)
         if self.sign_pass2 is not None:
             weights = np.abs(self.sign_pass2.astype(np.float64))
             bounds = np.maximum(bounds, weights[:, 0] * bounds + weights[:, 1] * 4 * self.clip)
         return int(bounds.max(initial=0))
 
-    def _mixed_bounds(self, mixing: np.ndarray) -> np.ndarray:
+    def mixed_bounds(self, mixing: np.ndarray) -> np.ndarray:
         """Per channel the largest |Σ X · v + window sum of Σ Y · v| for (X, Y) = ``mixing`` and |v| ≤ clip, in
         float64 (weights too large for int64 cannot wrap around to a small bound)."""
         weights = np.abs(mixing.astype(np.float64)).sum(axis=2)

@@ -336,7 +336,8 @@ class TableCoder:
         state = context.start(height, width, signs=False) if context is not None else None
         # small levels: every table id at once (less per-channel overhead); large ones channel by channel (cache)
         all_ids = context.table_ids_of(symbols) if context is not None and symbols.size <= _VECTOR_BUCKETS else None
-        all_flips = context.flips_of(symbols) if context is not None else None
+        flips = context.flips_of(symbols) if context is not None else None
+        coded_symbols = symbols if flips is None else symbols * flips
         passes = self._passes(height, width)
         encoder = constriction.stream.queue.RangeEncoder()
         for c in range(self.tables.channels):
@@ -349,9 +350,7 @@ class TableCoder:
                 table_ids = context.table_ids(c, state.buckets(c), symbols[c]).reshape(-1)
                 state.add(c, symbols[c])
             for positions in passes:
-                values = symbols[c].reshape(-1)
-                if all_flips is not None:
-                    values = values * all_flips[c].reshape(-1)
+                values = coded_symbols[c].reshape(-1)
                 if positions is not None:
                     values = values[positions]
                 index, escaped = self._table_index(c, values)
@@ -400,7 +399,7 @@ class TableCoder:
             for c in range(self.tables.channels):
                 n = int(self.tables.lengths[c])
                 buckets = state.buckets(c) if state is not None else None
-                prediction = state.sign_prediction(c) if state is not None else None
+                prediction = None  # computed once a pass of the channel has a symbol that is not 0
                 for second_pass, positions in enumerate(passes):
                     size_of_pass = count if positions is None else positions.size
                     if state is None:
@@ -424,8 +423,11 @@ class TableCoder:
                     values = index + int(self.tables.offsets[c])
                     if np.abs(values).max(initial=0) > MAX_ABS_SYMBOL:
                         raise CorruptStream("decoded symbol out of range")
-                    flips = None if context is None else context.channel_flips(  # the second pass's: from the anchors
-                        c, prediction, out[c].reshape(height, width) if second_pass else None)
+                    flips = None
+                    if context is not None and context.sign_flip and values.any():  # a negated 0 is 0
+                        prediction = state.sign_prediction(c) if prediction is None else prediction
+                        flips = context.channel_flips(  # the second pass's also from the anchors
+                            c, prediction, out[c].reshape(height, width) if second_pass else None)
                     if flips is not None:
                         values = values * (flips.reshape(-1) if positions is None else flips.reshape(-1)[positions])
                     if positions is None:

@@ -414,6 +414,35 @@ def test_time_budget_snapshots_are_adopted_validated_and_exported(tmp_path, smal
     assert summary["val"]["bpp"] == pytest.approx(best["bpp"], rel=1e-6)
 
 
+def test_one_time_budget_spans_a_stopped_call_and_its_resume(tmp_path, small_image_dir, monkeypatch):
+    """A lease's two calls share one schedule: --max-minutes stops the first before its --time-budget is spent
+    (with a snapshot), and a --resume with the same budget goes on where it stopped, the learning rate never
+    stepping back up."""
+    monkeypatch.setattr(train_module, "time", _SecondPerReading())
+    config = _config(small_image_dir, steps=1000).to_dict()
+    config["train"]["lr_schedule"] = [[0.0, 1e-3], [0.4, 5e-4], [0.7, 1e-4]]
+    config_path = tmp_path / "cfg.yaml"
+    import yaml
+
+    config_path.write_text(yaml.safe_dump(config))
+    common = ["--config", str(config_path), "--run-dir", str(tmp_path / "away"), "--quiet", "--no-val",
+              "--time-budget", "0.5", "--snapshots", "0.9", "--snapshot-dir", str(tmp_path / "snapshots")]
+    main([*common, "--max-minutes", "0.25"])
+    log = (tmp_path / "away" / "train.log").read_text()
+    assert "--max-minutes reached" in log
+    first_call = sorted((tmp_path / "snapshots").glob("snapshot-*.pt"))
+    assert len(first_call) == 1
+    stopped = torch.load(first_call[0], weights_only=False)
+    assert 0 < stopped["elapsed"] < 30.0
+
+    main([*common, "--resume"])
+    log = (tmp_path / "away" / "train.log").read_text()
+    rates = [float(line.split(" lr ")[1].split()[0]) for line in log.splitlines() if line.startswith("step ")]
+    assert rates == sorted(rates, reverse=True) and {1e-3, 5e-4, 1e-4} <= set(rates)
+    final = torch.load(sorted((tmp_path / "snapshots").glob("snapshot-*.pt"))[-1], weights_only=False)
+    assert final["step"] > stopped["step"] and final["elapsed"] >= 30.0
+
+
 def test_snapshot_options_are_checked(tmp_path, small_image_dir):
     config_path = tmp_path / "cfg.yaml"
     import yaml

@@ -117,6 +117,10 @@ def _model_line(model: dict) -> str:
     if spatial:
         coding += f", checkerboard of {max(spatial)} spatial buckets at levels " + ", ".join(
             str(level) for level, buckets in enumerate(spatial, start=1) if buckets)
+    diagonal = entropy_coding.get("diagonal_buckets")
+    if diagonal:
+        coding += f", diagonal pass of {max(diagonal)} buckets at levels " + ", ".join(
+            str(level) for level, buckets in enumerate(diagonal, start=1) if buckets)
     signs = entropy_coding.get("signs", [])
     if any(sign != "none" for sign in signs):
         coding += ", sign prediction (" + " / ".join(signs) + ")"

@@ -14,7 +14,8 @@
   refitted to the symbols the encoder produces on the images of DIR (the training images, never evaluation
   ones), and then given a channel context (``--context-buckets``, default 16 tables per channel;
   ``service.channel_context``) fitted to the same symbols, with a checkerboard's second pass at every level but
-  the coarsest (``--spatial-buckets``, default 8 spatial buckets), and last refitted to the symbols the runtime's
+  the coarsest (``--spatial-buckets``, default 8 spatial buckets) and a diagonal pass at every level but the two
+  coarsest (``--diagonal-buckets``, default 8 buckets), and last refitted to the symbols the runtime's
   RDO rounding codes with them (``--fit-rdoq``, default the service's λ, 0.1 at every level but the finest);
 - ``manifest.json``: format version, model id (hash of the files), levels, channels, strides, padding
   multiple, table precision, sha256 of every file, the training summary and validation metrics.
@@ -53,12 +54,13 @@ from .config import LossConfig
 from .decoder import use_subpixel_upsampling
 from .decoder_gradient import DecoderGradient
 from .data import ImageSet
-from .freeze import (DEFAULT_CONTEXT_BUCKETS, DEFAULT_PRECISION, DEFAULT_PRIOR_WEIGHT, DEFAULT_SPATIAL_BUCKETS,
-                     SIGN_PREDICTIONS, FrozenTables, context_bits, count_bits, fit_context_tables, fit_tables,
-                     freeze_bottleneck, runtime_coder, save_tables, symbol_counts)
+from .freeze import (DEFAULT_CONTEXT_BUCKETS, DEFAULT_DIAGONAL_BUCKETS, DEFAULT_PRECISION, DEFAULT_PRIOR_WEIGHT,
+                     DEFAULT_SPATIAL_BUCKETS, SIGN_PREDICTIONS, FrozenTables, context_bits, count_bits,
+                     fit_context_tables, fit_tables, freeze_bottleneck, runtime_coder, save_tables, symbol_counts)
 from .model import SSLIC, pad_to_multiple
 
-__all__ = ["export_model", "spatial_buckets_per_level", "ARTIFACT_FORMAT", "ARTIFACT_VERSION", "OPSET"]
+__all__ = ["export_model", "spatial_buckets_per_level", "diagonal_buckets_per_level", "ARTIFACT_FORMAT",
+           "ARTIFACT_VERSION", "OPSET"]
 
 ARTIFACT_FORMAT = "sslic-model"
 ARTIFACT_VERSION = 1
@@ -210,16 +212,19 @@ class _SharedWeights:
 def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path,
                    prior_weight: float, context_buckets: int, spatial_buckets: list[int],
                    rdoq_lambda: list[float], rdo_rounds: int = DEFAULT_RDO_ROUNDS,
-                   learned_activity: bool = True, signs: str = "learned") -> tuple[list[FrozenTables], dict]:
+                   learned_activity: bool = True, signs: str = "learned",
+                   diagonal_buckets: list[int] | None = None) -> tuple[list[FrozenTables], dict]:
     """Refit every level's tables to the symbols of the images in ``fit_dir`` (each image whole, padded as the
     runtime pads it, rounded against the frozen medians), then fit a channel context with ``context_buckets``
     tables per channel (0: none), the learned activity or the counting rule (``learned_activity``), and
-    ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none), and the sign prediction ``signs``
+    ``spatial_buckets[i]`` checkerboard buckets at level i + 1 (0: none), ``diagonal_buckets[i]`` buckets of its
+    diagonal pass (0 or ``None``: none), and the sign prediction ``signs``
     (``model_export.freeze.SIGN_PREDICTIONS``; "neighbours" only at levels with the checkerboard).
     Where ``rdoq_lambda[i]`` > 0 the tables are then refitted ``rdo_rounds`` times to the symbols the runtime's
     RDO rounding with that λ picks under the current tables, which are the symbols it will code. Returns the
     tables and a report for the manifest."""
     images = ImageSet.from_dir(fit_dir)
+    diagonal_buckets = diagonal_buckets or [0] * len(tables)
     counts = [np.zeros((t.channels, int(t.lengths.max())), dtype=np.int64) for t in tables]
     symbols: list[list[np.ndarray]] = [[] for _ in tables]
     residuals: list[list[np.ndarray]] = [[] for _ in tables]
@@ -239,7 +244,8 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
             return fitted
         return fit_context_tables(fitted, level_symbols, buckets=context_buckets,
                                   spatial_buckets=spatial_buckets[level], learned=learned_activity,
-                                  signs="none" if signs == "neighbours" and not spatial_buckets[level] else signs)
+                                  signs="none" if signs == "neighbours" and not spatial_buckets[level] else signs,
+                                  diagonal_buckets=diagonal_buckets[level])
 
     fitted = [fit(level, level_symbols, counts[level]) for level, level_symbols in enumerate(symbols)]
     plain_fit = list(fitted)
@@ -264,6 +270,7 @@ def _fit_to_images(model: SSLIC, tables: list[FrozenTables], fit_dir: str | Path
         "bits_per_symbol_fitted": [count_bits(t, k) / k.sum() for t, k in zip(plain_fit, counts)],
         "context_buckets": context_buckets,
         "spatial_buckets": spatial_buckets if context_buckets else None,
+        "diagonal_buckets": diagonal_buckets if context_buckets else None,
         "bits_per_symbol_context": [
             sum(context_bits(t, s) for s in level_symbols) / k.sum()
             for t, level_symbols, k in zip(plain_fit, symbols, counts)
@@ -302,6 +309,9 @@ def _entropy_coding(tables: list[FrozenTables]) -> dict:
     spatial = [t.context.spatial_buckets for t in tables]
     if any(spatial):
         coding["spatial_buckets"] = spatial
+    diagonal = [t.context.diagonal_buckets for t in tables]
+    if any(diagonal):
+        coding["diagonal_buckets"] = diagonal
     if any(t.context.sign_flip for t in tables):
         coding["signs"] = [_sign_prediction(t.context) for t in tables]
     return coding
@@ -331,6 +341,26 @@ def spatial_buckets_per_level(value: int | list[int] | None, levels: int) -> lis
     return values
 
 
+def diagonal_buckets_per_level(value: int | list[int] | None, spatial: list[int]) -> list[int]:
+    """Diagonal-pass buckets per level (levels with the checkerboard ``spatial`` only): ``None`` gives
+    ``DEFAULT_DIAGONAL_BUCKETS`` to every checkerboard level but the two coarsest (level 2 codes 0.2 % more bits
+    on val with it), one number gives it to every checkerboard level, a list gives one per level; 0: none."""
+    levels = len(spatial)
+    if value is None:
+        values = [DEFAULT_DIAGONAL_BUCKETS if level >= 2 else 0 for level in range(levels)]
+    elif isinstance(value, int):
+        values = [value] * levels
+    else:
+        values = list(value)
+    if len(values) != levels:
+        raise ValueError(f"diagonal buckets: need one number or {levels}, got {len(values)}")
+    if any(v != 0 and not 2 <= v <= 256 for v in values):
+        raise ValueError(f"diagonal buckets must be 0 or 2..256, got {values}")
+    if isinstance(value, list) and any(v and not s for v, s in zip(values, spatial)):
+        raise ValueError(f"diagonal buckets {values} at a level without the checkerboard ({spatial})")
+    return [v if s else 0 for v, s in zip(values, spatial)]
+
+
 def export_model(
     model: SSLIC,
     out_dir: str | Path,
@@ -345,11 +375,13 @@ def export_model(
     rdoq_lambda: float | list[float] | None = None,
     learned_activity: bool = True,
     signs: str = "learned",
+    diagonal_buckets: int | list[int] | None = None,
 ) -> dict:
     """Write the artifact folder for ``model`` and return its manifest; with ``fit_dir`` the entropy tables
     are refitted to the symbols of those images (:func:`model_export.freeze.fit_tables`) and given a channel
     context of ``context_buckets`` tables per channel, chosen by the learned activity (``learned_activity``) or
-    the counting rule, and ``spatial_buckets`` checkerboard buckets per level, with the sign prediction ``signs``
+    the counting rule, ``spatial_buckets`` checkerboard buckets and ``diagonal_buckets`` diagonal-pass buckets per
+    level (:func:`diagonal_buckets_per_level`), with the sign prediction ``signs``
     ("learned": symbols coded negated where the earlier channels and anchor neighbours predict a negative sign;
     "neighbours": format 5's flip of the second pass by its anchor neighbours; "none")
     (:func:`spatial_buckets_per_level`, :func:`model_export.freeze.fit_context_tables`), then refitted to the
@@ -360,6 +392,7 @@ def export_model(
     what a stream decodes to)."""
     levels = model.levels
     spatial = spatial_buckets_per_level(spatial_buckets, levels)
+    diagonal = diagonal_buckets_per_level(diagonal_buckets, spatial)
     fit_lambdas = list(rdoq_lambdas(rdoq_lambda, levels))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -396,7 +429,8 @@ def export_model(
     fit_report = None
     if fit_dir is not None:
         tables, fit_report = _fit_to_images(model, tables, fit_dir, prior_weight, context_buckets, spatial,
-                                            fit_lambdas, learned_activity=learned_activity, signs=signs)
+                                            fit_lambdas, learned_activity=learned_activity, signs=signs,
+                                            diagonal_buckets=diagonal)
     save_tables(out / "entropy_tables.npz", tables)
 
     files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
@@ -470,6 +504,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spatial-buckets", type=_spatial_buckets, default=None, metavar="S[,S…]",
                         help="with --context-buckets: checkerboard buckets, one number for every level or one per "
                              f"level, 0 for none (default {DEFAULT_SPATIAL_BUCKETS} at every level but the coarsest)")
+    parser.add_argument("--diagonal-buckets", type=_spatial_buckets, default=None, metavar="S[,S…]",
+                        help="with --spatial-buckets: buckets of the diagonal pass (tables format 7), one number for "
+                             "every checkerboard level or one per level, 0 for none (default "
+                             f"{DEFAULT_DIAGONAL_BUCKETS} at every level but the two coarsest)")
     parser.add_argument("--fit-rdoq", type=_numbers(float), default=None, metavar="λ[,λ…]",
                         help="with --fit-tables: refit the tables to the symbols the runtime's RDO rounding picks "
                              "with this λ, one for every level or one per level; the service rounds with it by "
@@ -493,7 +531,8 @@ def main(argv: list[str] | None = None) -> None:
                                 fit_dir=args.fit_tables, prior_weight=args.prior_weight,
                                 context_buckets=args.context_buckets, spatial_buckets=args.spatial_buckets,
                                 refinement=not args.no_refinement, rdoq_lambda=args.fit_rdoq,
-                                learned_activity=not args.counting_context, signs=args.signs)
+                                learned_activity=not args.counting_context, signs=args.signs,
+                                diagonal_buckets=args.diagonal_buckets)
     except (FileNotFoundError, ValueError, InvalidParameter) as exc:
         raise SystemExit(f"export: {exc}") from exc
     names = [*manifest["files"], *manifest.get("refinement", {}).get("files", {})]

@@ -18,8 +18,9 @@ probability. The support, offsets and escape stay as frozen; only the frequencie
 ``fit_context_tables`` then gives every channel B tables, one per bucket of the channel context
 (``service.channel_context``: how busy the channels coded before it are around each symbol), fitted to the
 same training symbols and smoothed towards the channel's own table; with ``spatial_buckets`` S, B · S more for
-the second pass of a checkerboard, chosen also by the symbol's four anchor neighbours in its own channel. With
-``signs="learned"`` it also fits a sign prediction from the earlier channels (and the anchor neighbours) and the
+the second pass of a checkerboard, chosen also by the symbol's four anchor neighbours in its own channel, and
+with ``diagonal_buckets`` S_d, B · S_d more for a diagonal pass, chosen by the four diagonal neighbours. With
+``signs="learned"`` it also fits a sign prediction from the earlier channels (and the neighbours) and the
 tables to the symbols as coded, negated where the prediction is negative.
 ``runtime_coder`` gives the service's coder for such tables, so the export can refit them to the symbols the
 encoder's rate-distortion optimised rounding will actually code with them (``model_export.export``).
@@ -36,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.channel_context import (DEFAULT_CLIP, DEFAULT_WINDOW, EXACT_LIMIT, ChannelContext, anchor_mask,
-                                     neighbour_sum, window_sum)
+from service.channel_context import (DEFAULT_CLIP, DEFAULT_WINDOW, DIAGONAL, EXACT_LIMIT, NEIGHBOURS, ChannelContext,
+                                     diagonal_sum, neighbour_sum, pass_map, window_sum)
 from service.entropy_coder import LevelTables, TableCoder
 
 from .entropy import EntropyBottleneck
@@ -45,7 +46,8 @@ from .entropy import EntropyBottleneck
 __all__ = [
     "FrozenTables", "freeze_bottleneck", "quantize_pmf", "save_tables", "symbol_counts", "fit_tables", "count_bits",
     "fit_context_tables", "context_bits", "DEFAULT_PRECISION", "DEFAULT_PRIOR_WEIGHT", "DEFAULT_CONTEXT_BUCKETS",
-    "DEFAULT_CONTEXT_PSEUDO_COUNTS", "DEFAULT_SPATIAL_BUCKETS", "learned_mixing", "runtime_coder",
+    "DEFAULT_CONTEXT_PSEUDO_COUNTS", "DEFAULT_SPATIAL_BUCKETS", "DEFAULT_DIAGONAL_BUCKETS", "learned_mixing",
+    "runtime_coder",
 ]
 
 DEFAULT_PRECISION = 16
@@ -56,6 +58,8 @@ DEFAULT_CONTEXT_BUCKETS = 16
 DEFAULT_CONTEXT_PSEUDO_COUNTS = 50.0
 # checkerboard: buckets of the anchor-neighbour sum in the second pass (8 chosen on val, docs/architecture.md)
 DEFAULT_SPATIAL_BUCKETS = 8
+# the diagonal pass: buckets of the diagonal-neighbour sum (as the checkerboard's; docs/architecture.md)
+DEFAULT_DIAGONAL_BUCKETS = 8
 # the context weight of channel c is about _WEIGHT_SCALE / mean |symbol of c|
 _WEIGHT_SCALE = 4096
 # learned activity: channel c's largest weight, and the places per image its least squares sees
@@ -204,23 +208,27 @@ def _table_indices(tables: FrozenTables, symbols: np.ndarray) -> np.ndarray:
 def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets: int = DEFAULT_CONTEXT_BUCKETS,
                        pseudo_counts: float = DEFAULT_CONTEXT_PSEUDO_COUNTS, clip: int = DEFAULT_CLIP,
                        window: int = DEFAULT_WINDOW, spatial_buckets: int = 0, learned: bool = True,
-                       signs: str = "none") -> FrozenTables:
+                       signs: str = "none", diagonal_buckets: int = 0) -> FrozenTables:
     """``tables`` with a channel context fitted to ``symbols`` (a list of (C, H, W) integer arrays).
 
     The learned activity's weights (``learned``, :func:`learned_mixing`) predict each channel's magnitudes
     from the earlier channels'; the counting rule's make every channel count alike (``4096 / (mean |s_c| +
     0.05)``). Channel c's B − 1 thresholds are quantiles of its activity over the symbols, so its buckets hold
     about equal shares of them. With ``spatial_buckets`` S > 0 the checkerboard's second pass gets S − 1
-    thresholds per channel, quantiles of the anchor-neighbour sums of its positions. Each table's probabilities
+    thresholds per channel, quantiles of the anchor-neighbour sums of its positions, and with ``diagonal_buckets``
+    S_d > 0 (needs the checkerboard) the (odd, odd) positions get a pass of their own (tables format 7) with S_d − 1
+    thresholds per channel, quantiles of their diagonal-neighbour sums. Each table's probabilities
     are the frequencies of the symbols it codes with ``pseudo_counts`` symbols' worth of the channel's table,
     coded negated where the sign prediction ``signs`` says so (``ChannelContext.flips_of``): "none"; "neighbours",
     the second pass by its anchor neighbours' signed sum (needs the checkerboard); "learned", every symbol by
-    :func:`learned_mixing` of the earlier channels' signed values and, at the second pass,
+    :func:`learned_mixing` of the earlier channels' signed values and, at the neighbour and diagonal passes,
     :func:`learned_pass2`."""
     if not 2 <= buckets <= 256:
         raise ValueError(f"buckets must be 2..256, got {buckets}")
     if spatial_buckets and not 2 <= spatial_buckets <= 256:
         raise ValueError(f"spatial_buckets must be 0 or 2..256, got {spatial_buckets}")
+    if diagonal_buckets and not (2 <= diagonal_buckets <= 256 and spatial_buckets):
+        raise ValueError(f"diagonal_buckets must be 0, or 2..256 with spatial_buckets, got {diagonal_buckets}")
     if pseudo_counts <= 0:
         raise ValueError(f"pseudo_counts must be positive, got {pseudo_counts}")
     if signs not in SIGN_PREDICTIONS:
@@ -239,19 +247,20 @@ def fit_context_tables(tables: FrozenTables, symbols: list[np.ndarray], buckets:
                            mixing=mixing)
     activities = [probe.activities_of(s) for s in symbols]
     edges = _quantile_edges([a.reshape(channels, -1) for a in activities], buckets)
-    spatial_edges = None
+    spatial_edges = diagonal_edges = None
     if spatial_buckets:
-        others = [~anchor_mask(*s.shape[1:]).reshape(-1) for s in symbols]
-        neighbours = [neighbour_sum(np.minimum(np.abs(s.astype(np.int64)), clip)) for s in symbols]
-        spatial_edges = _quantile_edges([n.reshape(channels, -1)[:, o] for n, o in zip(neighbours, others)],
-                                        spatial_buckets)
+        spatial_edges = _pass_edges(symbols, clip, NEIGHBOURS, bool(diagonal_buckets), spatial_buckets)
+    if diagonal_buckets:
+        diagonal_edges = _pass_edges(symbols, clip, DIAGONAL, True, diagonal_buckets)
     context = ChannelContext(weights=weights, edges=edges, clip=clip, window=window, spatial_edges=spatial_edges,
-                             mixing=mixing)
+                             mixing=mixing, diagonal_edges=diagonal_edges)
     if signs == "learned":
         signed = ChannelContext(weights=weights, edges=edges, clip=clip, window=window,
                                 sign_mixing=learned_mixing(symbols, clip, window, signed=True))
-        pass2 = learned_pass2(signed, symbols) if spatial_buckets else None
-        context = dataclasses.replace(context, sign_mixing=signed.sign_mixing, sign_pass2=pass2)
+        pass2 = learned_pass2(signed, symbols, NEIGHBOURS, bool(diagonal_buckets)) if spatial_buckets else None
+        diagonal = learned_pass2(signed, symbols, DIAGONAL, True) if diagonal_buckets else None
+        context = dataclasses.replace(context, sign_mixing=signed.sign_mixing, sign_pass2=pass2,
+                                      sign_diagonal=diagonal)
     elif signs == "neighbours":
         context = dataclasses.replace(context, sign_pass2=np.tile(np.array([[0, 1]], dtype=np.int64), (channels, 1)))
     counts = np.zeros((channels, context.tables, width), dtype=np.float64)
@@ -306,20 +315,22 @@ def learned_mixing(symbols: list[np.ndarray], clip: int = DEFAULT_CLIP, window: 
     return mixing
 
 
-def learned_pass2(context: ChannelContext, symbols: list[np.ndarray],
-                  samples_per_image: int = _MIX_SAMPLES) -> np.ndarray:
-    """The second pass's sign weights (C, 2) int64 (a_c, b_c) for ``context`` (with ``sign_mixing``): per channel
-    the least-squares prediction of s_c from P_c and the signed anchor-neighbour sum N±_c over up to
-    ``samples_per_image`` second-pass places of each image (fixed seed), scaled so that the larger weight is as
-    large as keeps a_c · P_c + b_c · N±_c exact (at most 2**20), and rounded."""
+def learned_pass2(context: ChannelContext, symbols: list[np.ndarray], kind: int = NEIGHBOURS,
+                  diagonal: bool = False, samples_per_image: int = _MIX_SAMPLES) -> np.ndarray:
+    """A later pass's sign weights (C, 2) int64 (a_c, b_c) for ``context`` (with ``sign_mixing``): per channel the
+    least-squares prediction of s_c from P_c and the signed sum of the pass's neighbours (N±_c at the neighbour
+    pass, ``kind`` NEIGHBOURS; D±_c at the diagonal pass, DIAGONAL) over up to ``samples_per_image`` places of the
+    pass in each image (``diagonal``: the level has a diagonal pass; fixed seed), scaled so that the larger weight
+    is as large as keeps a_c · P_c + b_c · N±_c exact (at most 2**20), and rounded."""
     channels, clip = symbols[0].shape[0], context.clip
     rng = np.random.default_rng(1)
     gram = np.zeros((channels, 3, 3))
+    signed_sum = neighbour_sum if kind == NEIGHBOURS else diagonal_sum
     for s in symbols:
-        second_pass = np.flatnonzero(~anchor_mask(*s.shape[1:]).reshape(-1))
-        places = rng.choice(second_pass, size=min(second_pass.size, samples_per_image), replace=False)
+        in_pass = np.flatnonzero(pass_map(*s.shape[1:], diagonal).reshape(-1) == kind)
+        places = rng.choice(in_pass, size=min(in_pass.size, samples_per_image), replace=False)
         predictions = context.sign_predictions(s).reshape(channels, -1)[:, places]
-        neighbours = neighbour_sum(np.clip(s.astype(np.int64), -clip, clip)).reshape(channels, -1)[:, places]
+        neighbours = signed_sum(np.clip(s.astype(np.int64), -clip, clip)).reshape(channels, -1)[:, places]
         sample = np.stack([predictions, neighbours, s.reshape(channels, -1)[:, places]], axis=1).astype(np.float64)
         gram += np.einsum("cin,cjn->cij", sample, sample)
     bounds = context.mixed_bounds(context.sign_mixing)
@@ -333,6 +344,17 @@ def learned_pass2(context: ChannelContext, symbols: list[np.ndarray],
             largest = min(_PASS2_SCALE, (EXACT_LIMIT // 2) // (int(bounds[c]) + 4 * clip))
             weights[c] = np.round(coefficients * (largest / peak)).astype(np.int64)
     return weights
+
+
+def _pass_edges(symbols: list[np.ndarray], clip: int, kind: int, diagonal: bool, buckets: int) -> np.ndarray:
+    """The thresholds (C, buckets − 1) of a later pass of the checkerboard (``kind`` NEIGHBOURS or DIAGONAL; a
+    level with a ``diagonal`` pass): quantiles of its neighbours' magnitude sums over the pass's positions."""
+    channels, neighbours_of = symbols[0].shape[0], neighbour_sum if kind == NEIGHBOURS else diagonal_sum
+    sums = []
+    for s in symbols:
+        in_pass = pass_map(*s.shape[1:], diagonal).reshape(-1) == kind
+        sums.append(neighbours_of(np.minimum(np.abs(s.astype(np.int64)), clip)).reshape(channels, -1)[:, in_pass])
+    return _quantile_edges(sums, buckets)
 
 
 def _as_coded(context: ChannelContext, symbols: np.ndarray) -> np.ndarray:
@@ -429,6 +451,10 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
                 arrays[f"level{level}_sign_mix"] = table.context.sign_mixing.astype(np.int64)
             if table.context.sign_pass2 is not None:
                 arrays[f"level{level}_sign_pass2"] = table.context.sign_pass2.astype(np.int64)
+            if table.context.diagonal_edges is not None:
+                arrays[f"level{level}_diagonal_edges"] = table.context.diagonal_edges.astype(np.int64)
+            if table.context.sign_diagonal is not None:
+                arrays[f"level{level}_sign_diagonal"] = table.context.sign_diagonal.astype(np.int64)
     if contexts:
         clip, window = contexts.pop()
         arrays["context_clip"] = np.array([clip], dtype=np.int32)
@@ -440,9 +466,12 @@ def save_tables(path: str | Path, tables: list[FrozenTables]) -> None:
 def _table_format(tables: list[FrozenTables]) -> int:
     """1: one table per channel; 2: channel context; 3: channel context, some levels with the checkerboard;
     4: channel context, some levels with the learned activity; 6: some levels with a sign prediction (format 5,
-    the second pass's sign flip by the anchor neighbours alone, is read but no longer written)."""
+    the second pass's sign flip by the anchor neighbours alone, is read but no longer written); 7: some levels
+    with a diagonal pass."""
     if tables[0].context is None:
         return 1
+    if any(t.context.diagonal_edges is not None for t in tables):
+        return 7
     if any(t.context.sign_flip for t in tables):
         return 6
     if any(t.context.learned for t in tables):

@@ -37,6 +37,13 @@ pass, N±_c the signed sum of its four anchor neighbours, each clipped to ±clip
 latents' signs follow the earlier channels' and the neighbours' a little; the tables, fitted to the symbols so
 flipped, then capture it. Format 5's sign flip is the special case without ``sign_mixing`` and (a, b) = (0, 1).
 
+A diagonal pass (tables format 7, levels with ``diagonal_edges`` (C, S_d − 1)) splits the anchors in two: the
+checkerboard's first pass codes only (even i, even j), then a new pass codes (odd i, odd j), whose four diagonal
+neighbours are all known, with table B · (1 + S) + b_c(i, j) · S_d + d_c(i, j), d_c the bucket of the sum of their
+magnitudes D_c; then the (i + j) odd positions as before (their four neighbours are now of both earlier passes).
+B · (1 + S + S_d) tables per channel. Its sign prediction is a′_c · P_c + b′_c · D±_c, D±_c the diagonal
+neighbours' signed sum ((a′_c, b′_c) = ``sign_diagonal`` (C, 2)).
+
 The weights are least-squares predictions of m_c and of s_c, fitted at export and stored as integers; the sums run
 in float64 with ``numpy.einsum`` (its own single-threaded loops: a multi-threaded BLAS stalls when other work
 holds the cores), exact because every partial sum is an integer below 2**53 (``activity_bound``, ``sign_bound``).
@@ -50,8 +57,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "ChannelContext", "ContextState", "DEFAULT_CLIP", "DEFAULT_WINDOW", "EXACT_LIMIT", "anchor_mask", "bucket_of",
-    "neighbour_sum", "window_sum",
+    "ChannelContext", "ContextState", "DEFAULT_CLIP", "DEFAULT_WINDOW", "EXACT_LIMIT", "ANCHORS", "DIAGONAL",
+    "NEIGHBOURS", "anchor_mask", "bucket_of", "diagonal_sum", "neighbour_sum", "pass_map", "window_sum",
 ]
 
 DEFAULT_CLIP = 255
@@ -60,6 +67,8 @@ DEFAULT_WINDOW = 3
 _SMALL = 2048
 # float64 holds every integer below this exactly: the learned activity's sums must stay below it
 EXACT_LIMIT = 1 << 53
+# the checkerboard's passes, in coding order: anchors, the diagonal pass (format 7), the neighbour pass
+ANCHORS, DIAGONAL, NEIGHBOURS = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,9 @@ class ChannelContext:
     ``mixing`` (2, C, C) int64, zero on and above the diagonal (exactly one of them), ``edges`` (C, B − 1) int64
     non-decreasing, and, for the checkerboard, ``spatial_edges`` (C, S − 1) int64 non-decreasing (``None``: one
     pass), and the sign prediction's ``sign_mixing`` (2, C, C) int64, zero on and above the diagonal, and
-    ``sign_pass2`` (C, 2) int64, the second pass's weights (a_c, b_c) (each ``None``: not used)."""
+    ``sign_pass2`` (C, 2) int64, the neighbour pass's weights (a_c, b_c) (each ``None``: not used); with a diagonal
+    pass ``diagonal_edges`` (C, S_d − 1) int64 non-decreasing and ``sign_diagonal`` (C, 2) int64, its weights
+    (a′_c, b′_c) (each ``None``: not used)."""
 
     weights: np.ndarray | None
     edges: np.ndarray
@@ -78,6 +89,8 @@ class ChannelContext:
     mixing: np.ndarray | None = None
     sign_mixing: np.ndarray | None = None
     sign_pass2: np.ndarray | None = None
+    diagonal_edges: np.ndarray | None = None
+    sign_diagonal: np.ndarray | None = None
 
     @property
     def learned(self) -> bool:
@@ -87,7 +100,7 @@ class ChannelContext:
     @property
     def sign_flip(self) -> bool:
         """Whether some symbols are coded negated by their predicted sign."""
-        return self.sign_mixing is not None or self.sign_pass2 is not None
+        return self.sign_mixing is not None or self.sign_pass2 is not None or self.sign_diagonal is not None
 
     def activity_bound(self) -> int:
         """The largest |A_c| any symbols can give."""
@@ -96,13 +109,15 @@ class ChannelContext:
         return int(self.mixed_bounds(self.mixing).max())
 
     def sign_bound(self) -> int:
-        """The largest |P_c|, and the largest |a_c · P_c + b_c · N±_c|, any symbols can give."""
+        """The largest |P_c|, |a_c · P_c + b_c · N±_c| and |a′_c · P_c + b′_c · D±_c| any symbols can give."""
         channels = self.edges.shape[0]
         bounds = np.zeros(channels) if self.sign_mixing is None else self.mixed_bounds(self.sign_mixing)
-        if self.sign_pass2 is not None:
-            weights = np.abs(self.sign_pass2.astype(np.float64))
-            bounds = np.maximum(bounds, weights[:, 0] * bounds + weights[:, 1] * 4 * self.clip)
-        return int(bounds.max(initial=0))
+        largest = bounds
+        for pass_weights in (self.sign_pass2, self.sign_diagonal):
+            if pass_weights is not None:
+                weights = np.abs(pass_weights.astype(np.float64))
+                largest = np.maximum(largest, weights[:, 0] * bounds + weights[:, 1] * 4 * self.clip)
+        return int(largest.max(initial=0))
 
     def mixed_bounds(self, mixing: np.ndarray) -> np.ndarray:
         """Per channel the largest |Σ X · v + window sum of Σ Y · v| for (X, Y) = ``mixing`` and |v| ≤ clip, in
@@ -130,18 +145,83 @@ class ChannelContext:
         return 0 if self.spatial_edges is None else int(self.spatial_edges.shape[1]) + 1
 
     @property
+    def diagonal_buckets(self) -> int:
+        """S_d, the buckets of the diagonal pass (0: none)."""
+        return 0 if self.diagonal_edges is None else int(self.diagonal_edges.shape[1]) + 1
+
+    @property
     def tables(self) -> int:
-        """Tables per channel: B, or B · (1 + S) with the checkerboard."""
-        return self.buckets * (1 + self.spatial_buckets)
+        """Tables per channel: B, or B · (1 + S) with the checkerboard, B · (1 + S + S_d) with a diagonal pass."""
+        return self.buckets * (1 + self.spatial_buckets + self.diagonal_buckets)
+
+    @property
+    def passes(self) -> tuple[int, ...]:
+        """The kinds of a channel's coding passes in order: () without the checkerboard (one pass over every
+        position), (ANCHORS, NEIGHBOURS) with it, (ANCHORS, DIAGONAL, NEIGHBOURS) with a diagonal pass."""
+        if self.spatial_edges is None:
+            return ()
+        return (ANCHORS, DIAGONAL, NEIGHBOURS) if self.diagonal_edges is not None else (ANCHORS, NEIGHBOURS)
+
+    def pass_map(self, height: int, width: int) -> np.ndarray:
+        """The pass of every position (height, width) of a channel, uint8 (``pass_map``)."""
+        return pass_map(height, width, self.diagonal_edges is not None)
+
+    def pass_positions(self, height: int, width: int) -> list[tuple[int | None, np.ndarray | None]]:
+        """A channel's coding passes in order, each as (its kind, its flat positions in raster order): one pass
+        (``None``, ``None``) over every position without the checkerboard."""
+        if not self.passes:
+            return [(None, None)]
+        return list(zip(self.passes, pass_positions(height, width, self.diagonal_edges is not None)))
 
     def table_ids(self, channel: int, buckets: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Table of every position (H, W) of ``channel``, int64: its bucket at the anchors and, with the
-        checkerboard, B + bucket · S + spatial bucket elsewhere, from the channel's anchor ``values`` (only the
-        anchors of ``values`` are read)."""
+        checkerboard, B + bucket · S + spatial bucket at the neighbour pass (and B · (1 + S) + bucket · S_d +
+        diagonal bucket at the diagonal pass), from the channel's ``values``."""
         ids = buckets.astype(np.int64)
         if self.spatial_edges is None:
             return ids
-        return self._with_spatial(ids, bucket_of(self._neighbours(values), self.spatial_edges[channel]))
+        diagonal = None
+        if self.diagonal_edges is not None:
+            diagonal = bucket_of(self._diagonals(values), self.diagonal_edges[channel])
+        return self._with_spatial(ids, bucket_of(self._neighbours(values), self.spatial_edges[channel]), diagonal)
+
+    def pass_table_ids(self, channel: int, buckets: np.ndarray, values: np.ndarray, kind: int | None,
+                       positions: np.ndarray | None) -> np.ndarray:
+        """Tables (n,) int64 of one pass of ``channel`` (``pass_positions``: its ``kind`` and flat ``positions``)
+        from the channel's buckets (H, W) and its ``values`` (H, W) of the earlier passes (no other value is
+        read): what :meth:`table_ids` gives there, computed only for the pass."""
+        ids = buckets.reshape(-1) if positions is None else buckets.reshape(-1)[positions]
+        ids = ids.astype(np.int64)
+        if kind in (None, ANCHORS):
+            return ids
+        if kind == NEIGHBOURS:
+            spatial = bucket_of(self._neighbours(values).reshape(-1)[positions], self.spatial_edges[channel])
+            return self.buckets + ids * self.spatial_buckets + spatial
+        magnitudes = np.minimum(np.abs(values[0::2, 0::2].astype(np.int64)), self.clip)  # the anchors alone
+        diagonal = bucket_of(_diagonal_pass_sum(magnitudes, values.shape), self.diagonal_edges[channel])
+        return self.buckets * (1 + self.spatial_buckets) + ids * self.diagonal_buckets + diagonal
+
+    def pass_flips(self, channel: int, prediction: np.ndarray | None, values: np.ndarray | None,
+                   kind: int | None, positions: np.ndarray | None) -> np.ndarray | None:
+        """Flips (n,) int64 of one pass of ``channel``, as :meth:`flips_of` finds them there, from its
+        prediction P_c (H, W) (``ContextState.sign_prediction``; ``None``: 0) and, for the later passes, the
+        channel's ``values`` (H, W) of the earlier passes; ``None`` where nothing flips."""
+        weights = {NEIGHBOURS: self.sign_pass2, DIAGONAL: self.sign_diagonal}.get(kind)
+        if not self.sign_flip or (prediction is None and weights is None):
+            return None
+        size = (values if prediction is None else prediction).size if positions is None else positions.size
+        predicted = np.zeros(size, dtype=np.int64)
+        if prediction is not None:
+            predicted = prediction.reshape(-1) if positions is None else prediction.reshape(-1)[positions]
+        if weights is not None:
+            if kind == NEIGHBOURS:
+                signed = np.clip(values.astype(np.int64), -self.clip, self.clip)
+                signed_sum = neighbour_sum(signed).reshape(-1)[positions]
+            else:
+                signed = np.clip(values[0::2, 0::2].astype(np.int64), -self.clip, self.clip)  # the anchors alone
+                signed_sum = _diagonal_pass_sum(signed, values.shape)
+            predicted = int(weights[channel, 0]) * predicted + int(weights[channel, 1]) * signed_sum
+        return np.where(predicted < 0, -1, 1)
 
     def flips_of(self, symbols: np.ndarray) -> np.ndarray | None:
         """With a sign prediction: int64 (C, H, W), −1 where the symbol of ``symbols`` (C, H, W) is coded negated,
@@ -156,29 +236,26 @@ class ChannelContext:
             return None
         return _mixed(self.sign_rows, np.clip(symbols.astype(np.int64), -self.clip, self.clip), self.window)
 
-    def channel_flips(self, channel: int, prediction: np.ndarray | None,
-                      values: np.ndarray | None = None) -> np.ndarray | None:
-        """Flips (H, W) int64 of ``channel`` from its prediction P_c (``ContextState.sign_prediction``; ``None``:
-        0) and, for the second pass, the channel's ``values`` (only its anchors are read); with ``values``
-        ``None`` only the first pass's flips are right. ``None`` where nothing flips."""
-        if not self.sign_flip or (prediction is None and values is None):
-            return None
-        return self._flips(prediction, values, channel, values is not None)
-
-    def _flips(self, predictions: np.ndarray | None, values: np.ndarray | None, channel: int | slice = slice(None),
-               second_pass: bool = True) -> np.ndarray:
-        shape = (predictions if values is None else values).shape
-        predicted = np.zeros(shape, dtype=np.int64) if predictions is None else predictions
-        if self.sign_pass2 is not None and second_pass:
-            weights = self.sign_pass2[channel].astype(np.int64)
-            if weights.ndim == 2:
-                weights = weights.T[:, :, None, None]
-            neighbours = neighbour_sum(np.clip(values.astype(np.int64), -self.clip, self.clip))
-            predicted = np.where(anchor_mask(*shape[-2:]), predicted, weights[0] * predicted + weights[1] * neighbours)
+    def _flips(self, predictions: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+        """Flips (C, H, W) of every symbol of ``values`` (C, H, W) from their predictions P_c (``None``: 0)."""
+        predicted = np.zeros(values.shape, dtype=np.int64) if predictions is None else predictions
+        if self.spatial_edges is None:
+            return np.where(predicted < 0, -1, 1)
+        kinds, anchors_prediction = self.pass_map(*values.shape[-2:]), predicted
+        for kind, pass_weights, neighbours in ((NEIGHBOURS, self.sign_pass2, neighbour_sum),
+                                               (DIAGONAL, self.sign_diagonal, diagonal_sum)):
+            if pass_weights is None:
+                continue
+            weights = pass_weights.astype(np.int64).T[:, :, None, None]
+            signed_sum = neighbours(np.clip(values.astype(np.int64), -self.clip, self.clip))
+            predicted = np.where(kinds == kind, weights[0] * anchors_prediction + weights[1] * signed_sum, predicted)
         return np.where(predicted < 0, -1, 1)
 
     def _neighbours(self, values: np.ndarray) -> np.ndarray:
         return neighbour_sum(np.minimum(np.abs(values.astype(np.int64)), self.clip))
+
+    def _diagonals(self, values: np.ndarray) -> np.ndarray:
+        return diagonal_sum(np.minimum(np.abs(values.astype(np.int64)), self.clip))
 
     def start(self, height: int, width: int, signs: bool = True) -> "ContextState":
         """The state for coding a level of (height, width) channel by channel; ``signs``: keep what the sign
@@ -210,12 +287,21 @@ class ChannelContext:
         ids = self.buckets_of(symbols).astype(np.int64)
         if self.spatial_edges is None:
             return ids
-        return self._with_spatial(ids, _count_edges(self._neighbours(symbols), self.spatial_edges))
+        diagonal = None
+        if self.diagonal_edges is not None:
+            diagonal = _count_edges(self._diagonals(symbols), self.diagonal_edges)
+        return self._with_spatial(ids, _count_edges(self._neighbours(symbols), self.spatial_edges), diagonal)
 
-    def _with_spatial(self, buckets: np.ndarray, spatial: np.ndarray) -> np.ndarray:
-        """Table ids (…, H, W): the bucket at the anchors, B + bucket · S + spatial bucket elsewhere."""
-        second_pass = self.buckets + buckets * self.spatial_buckets + spatial.astype(np.int64)
-        return np.where(anchor_mask(*buckets.shape[-2:]), buckets, second_pass)
+    def _with_spatial(self, buckets: np.ndarray, spatial: np.ndarray, diagonal: np.ndarray | None = None
+                      ) -> np.ndarray:
+        """Table ids (…, H, W): the bucket at the anchors, B + bucket · S + spatial bucket at the neighbour pass,
+        B · (1 + S) + bucket · S_d + diagonal bucket at the diagonal pass (``diagonal`` ``None``: none)."""
+        kinds = self.pass_map(*buckets.shape[-2:])
+        ids = np.where(kinds == NEIGHBOURS, self.buckets + buckets * self.spatial_buckets + spatial, buckets)
+        if diagonal is not None:
+            first = self.buckets * (1 + self.spatial_buckets)
+            ids = np.where(kinds == DIAGONAL, first + buckets * self.diagonal_buckets + diagonal, ids)
+        return ids
 
 
 @dataclass
@@ -297,6 +383,52 @@ def anchor_mask(height: int, width: int) -> np.ndarray:
     mask = (np.arange(height)[:, None] + np.arange(width)[None, :]) % 2 == 0
     mask.flags.writeable = False
     return mask
+
+
+@functools.lru_cache(maxsize=32)
+def pass_positions(height: int, width: int, diagonal: bool) -> tuple[np.ndarray, ...]:
+    """Flat positions (raster order, read-only, cached) of the checkerboard's passes in coding order: the anchors,
+    the diagonal pass with ``diagonal``, the neighbour pass."""
+    flat = pass_map(height, width, diagonal).reshape(-1)
+    kinds = (ANCHORS, DIAGONAL, NEIGHBOURS) if diagonal else (ANCHORS, NEIGHBOURS)
+    positions = tuple(np.flatnonzero(flat == kind) for kind in kinds)
+    for array in positions:
+        array.flags.writeable = False
+    return positions
+
+
+@functools.lru_cache(maxsize=32)
+def pass_map(height: int, width: int, diagonal: bool) -> np.ndarray:
+    """The checkerboard pass of every position, uint8 (height, width) (read-only, cached): NEIGHBOURS where
+    (i + j) is odd, ANCHORS elsewhere, except DIAGONAL at (odd i, odd j) with a ``diagonal`` pass."""
+    kinds = np.where(anchor_mask(height, width), ANCHORS, NEIGHBOURS).astype(np.uint8)
+    if diagonal:
+        kinds[1::2, 1::2] = DIAGONAL
+    kinds.flags.writeable = False
+    return kinds
+
+
+def diagonal_sum(values: np.ndarray) -> np.ndarray:
+    """Sum of the up to four diagonal neighbours inside the plane (last two axes) of every element."""
+    total = np.zeros_like(values)
+    total[..., 1:, 1:] += values[..., :-1, :-1]
+    total[..., :-1, :-1] += values[..., 1:, 1:]
+    total[..., 1:, :-1] += values[..., :-1, 1:]
+    total[..., :-1, 1:] += values[..., 1:, :-1]
+    return total
+
+
+def _diagonal_pass_sum(anchors: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The sum of the four diagonal neighbours of every (odd, odd) position of a (H, W) = ``shape`` plane, flat in
+    raster order (the diagonal pass's positions), from the plane's (even, even) values ``anchors``, the only ones
+    it reads: ``diagonal_sum`` there, on a quarter of the plane."""
+    rows, columns = shape[0] // 2, shape[1] // 2
+    padded = np.zeros((rows + 1, columns + 1), dtype=anchors.dtype)
+    padded[: anchors.shape[0], : anchors.shape[1]] = anchors[: rows + 1, : columns + 1]
+    total = padded[:-1, :-1] + padded[1:, :-1]
+    total += padded[:-1, 1:]
+    total += padded[1:, 1:]
+    return total.reshape(-1)
 
 
 def neighbour_sum(values: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ on their four anchor neighbours, table by table and their escapes. Tables format
 the activity that picks a symbol's bucket is the learned rule's at levels that store its weights. Format 5 also
 codes a second-pass symbol negated where its anchor neighbours' signed sum is negative, at levels that say so;
 format 6 codes any symbol negated where the sign prediction of its level (earlier channels, and at the second
-pass also the anchor neighbours) is negative.
+pass also the anchor neighbours) is negative. Format 7 adds, at levels that have it, a diagonal pass: the anchors
+are then only the (even, even) positions, and the (odd, odd) ones follow in a pass of their own, with tables and
+a sign prediction that also depend on their four diagonal neighbours, before the (i + j) odd positions.
 Only the stored integer tables are used, so a stream decodes the same on every machine. Decoding checks that
 every word of the payload was used.
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 import constriction
 import numpy as np
 
-from .channel_context import EXACT_LIMIT, ChannelContext, anchor_mask
+from .channel_context import EXACT_LIMIT, ChannelContext
 from .errors import CorruptStream, ModelLoadError, TrailingData
 
 __all__ = ["LevelTables", "TableCoder", "load_tables", "MAX_ABS_SYMBOL", "DEFAULT_RDOQ_LAMBDA"]
@@ -67,7 +69,7 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
     with archive:
         try:
             version = int(archive["format_version"][0])
-            if version not in (1, 2, 3, 4, 5, 6):
+            if version not in (1, 2, 3, 4, 5, 6, 7):
                 raise ModelLoadError(f"{path}: unknown table format {version}")
             precision = int(archive["precision"][0])
             if int(archive["levels"][0]) != levels:
@@ -93,15 +95,18 @@ def load_tables(path: str | Path, levels: int, channels: list[int]) -> list[Leve
 def _context_arrays(archive, level: int, version: int) -> dict:
     """A level's channel context: the counting rule's weights, or (format ≥ 4, where the level has them) the
     learned rule's mixing weights; the sign prediction (format 6, where the level has it), or format 5's sign flip
-    of the second pass, which is the prediction (a, b) = (0, 1) without earlier channels."""
+    of the second pass, which is the prediction (a, b) = (0, 1) without earlier channels; the diagonal pass and its
+    sign weights (format 7, where the level has them)."""
     spatial, mixing, flip = f"level{level}_spatial_edges", f"level{level}_context_mix", f"level{level}_sign_flip"
     sign_mixing, sign_pass2 = f"level{level}_sign_mix", f"level{level}_sign_pass2"
+    diagonal, sign_diagonal = f"level{level}_diagonal_edges", f"level{level}_sign_diagonal"
     learned = version >= 4 and mixing in archive.files
     edges = archive[f"level{level}_context_edges"].astype(np.int64)
     signs: dict[str, np.ndarray] = {}
     if version >= 6:
         signs = {name: archive[key].astype(np.int64) for name, key in
-                 (("sign_mixing", sign_mixing), ("sign_pass2", sign_pass2)) if key in archive.files}
+                 (("sign_mixing", sign_mixing), ("sign_pass2", sign_pass2), ("sign_diagonal", sign_diagonal))
+                 if key in archive.files and (version >= 7 or key != sign_diagonal)}
     elif version == 5 and flip in archive.files and bool(archive[flip].reshape(-1)[0]):
         signs = {"sign_pass2": np.tile(np.array([[0, 1]], dtype=np.int64), (edges.shape[0], 1))}
     context = ChannelContext(
@@ -111,6 +116,7 @@ def _context_arrays(archive, level: int, version: int) -> dict:
         window=int(archive["context_window"][0]),
         spatial_edges=archive[spatial].astype(np.int64) if spatial in archive.files else None,
         mixing=archive[mixing].astype(np.int64) if learned else None,
+        diagonal_edges=archive[diagonal].astype(np.int64) if version >= 7 and diagonal in archive.files else None,
         **signs,
     )
     return {"context": context, "context_cdf": archive[f"level{level}_context_cdf"].astype(np.int64)}
@@ -153,6 +159,14 @@ def _check_context(table: LevelTables, level: int) -> None:
                                 or not 2 <= spatial.shape[1] + 1 <= 256 or np.any(np.diff(spatial, axis=1) < 0)):
         raise ModelLoadError(f"level {level}: spatial thresholds of shape {spatial.shape} for {table.channels} "
                              "channels, or not sorted")
+    diagonal = context.diagonal_edges
+    if diagonal is not None and (spatial is None or diagonal.ndim != 2 or diagonal.shape[0] != channels
+                                 or not 2 <= diagonal.shape[1] + 1 <= 256 or np.any(np.diff(diagonal, axis=1) < 0)):
+        raise ModelLoadError(f"level {level}: diagonal thresholds of shape {diagonal.shape} for {channels} "
+                             "channels, not sorted, or without the checkerboard")
+    if context.sign_diagonal is not None and (diagonal is None or context.sign_diagonal.shape != (channels, 2)):
+        raise ModelLoadError(f"level {level}: the diagonal pass's sign weights need the diagonal pass and "
+                             f"({channels}, 2) entries, got {context.sign_diagonal.shape}")
     if cdf is None or cdf.shape[:2] != (table.channels, context.tables) or cdf.shape[2] < int(table.lengths.max()) + 1:
         raise ModelLoadError(f"level {level}: context tables of shape {None if cdf is None else cdf.shape}, "
                              f"expected {context.tables} per channel")
@@ -221,17 +235,13 @@ class TableCoder:
         self._bits: list[np.ndarray] | None = None
         self._padded_bits: np.ndarray | None = None
 
-    @property
-    def _checkerboard(self) -> bool:
-        return self.tables.context is not None and self.tables.context.spatial_edges is not None
-
-    def _passes(self, height: int, width: int) -> list[np.ndarray | None]:
-        """Flat positions of a channel's coding passes: all at once (``None``), or the checkerboard's anchors
-        and then the others."""
-        if not self._checkerboard:
-            return [None]
-        anchors = anchor_mask(height, width).reshape(-1)
-        return [np.flatnonzero(anchors), np.flatnonzero(~anchors)]
+    def _passes(self, height: int, width: int) -> list[tuple[int | None, np.ndarray | None]]:
+        """A channel's coding passes, each as (its kind, its flat positions): all at once (``None``, ``None``), or
+        the checkerboard's (``ChannelContext.pass_positions``): the anchors, the diagonal pass where the level has
+        one, then the neighbour pass."""
+        if self.tables.context is None:
+            return [(None, None)]
+        return self.tables.context.pass_positions(height, width)
 
     def _table_index(self, channel: int, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Table index of each symbol of ``channel`` (outside 0 … length − 2 when escaped) and the escaped mask."""
@@ -284,26 +294,25 @@ class TableCoder:
         state = context.start(height, width) if context is not None else None
         out = rounded.copy()
         passes = self._passes(height, width)
-        no_context = np.zeros((height, width), dtype=np.int64)
         for c in range(self.tables.channels):
             if not rounded[c].any():
                 continue  # nothing to move, and zeros add nothing to the context of later channels
-            buckets = state.buckets(c) if state is not None else no_context
+            buckets = state.buckets(c) if state is not None else None
             prediction = state.sign_prediction(c) if state is not None else None
             flat_residuals, flat_out = residuals[c].reshape(-1), out[c].reshape(-1)
-            for second_pass, positions in enumerate(passes):
-                table_ids = (context.table_ids(c, buckets, out[c]) if second_pass else buckets).reshape(-1)
+            for kind, positions in passes:
                 chosen = slice(None) if positions is None else positions
                 symbols, r = flat_out[chosen], flat_residuals[chosen]
                 closer = symbols - np.sign(symbols)
                 added_error = (r - closer) ** 2 - (r - symbols) ** 2
                 candidates = np.stack([symbols, closer])
-                # the second pass's flips also need the anchors just decided
-                flips = (context.channel_flips(c, prediction, out[c] if second_pass else None)
-                         if context is not None else None)
-                if flips is not None:
-                    candidates = candidates * flips.reshape(-1)[chosen]
-                rounded_bits, closer_bits = self._symbol_bits(c, table_ids[chosen], candidates)
+                table_ids = 0
+                if context is not None:  # the later passes' tables and flips also need the earlier passes' symbols
+                    table_ids = context.pass_table_ids(c, buckets, out[c], kind, positions)
+                    flips = context.pass_flips(c, prediction, out[c], kind, positions)
+                    if flips is not None:
+                        candidates = candidates * flips
+                rounded_bits, closer_bits = self._symbol_bits(c, table_ids, candidates)
                 move = (symbols != 0) & (added_error < rdoq_lambda * (rounded_bits - closer_bits))
                 flat_out[chosen] = np.where(move, closer, symbols)
             if state is not None:
@@ -314,8 +323,9 @@ class TableCoder:
         """Order of positions by table (raster order inside a table), their tables in that order, and (table,
         start, end) of every table that codes some of them; ``None`` instead of the groups for a pass of at most
         ``_PER_SYMBOL_MAX`` symbols, which is coded in one call with per-symbol probabilities."""
-        if len(self._models[0]) <= 256:
-            table_ids = table_ids.astype(np.uint8)  # a stable sort of bytes is a radix sort
+        tables = len(self._models[0])
+        if tables <= 1 << 16:  # numpy's stable sort of 8- and 16-bit integers is a radix sort
+            table_ids = table_ids.astype(np.uint8 if tables <= 256 else np.uint16)
         order = np.argsort(table_ids, kind="stable")
         if table_ids.size <= _PER_SYMBOL_MAX:
             return order, table_ids[order], None
@@ -349,7 +359,7 @@ class TableCoder:
             else:
                 table_ids = context.table_ids(c, state.buckets(c), symbols[c]).reshape(-1)
                 state.add(c, symbols[c])
-            for positions in passes:
+            for _, positions in passes:
                 values = coded_symbols[c].reshape(-1)
                 if positions is not None:
                     values = values[positions]
@@ -400,15 +410,13 @@ class TableCoder:
                 n = int(self.tables.lengths[c])
                 buckets = state.buckets(c) if state is not None else None
                 prediction = None  # computed once a pass of the channel has a symbol that is not 0
-                for second_pass, positions in enumerate(passes):
+                for kind, positions in passes:
                     size_of_pass = count if positions is None else positions.size
                     if state is None:
                         index = decoder.decode(self._models[c][0], size_of_pass).astype(np.int64)
-                    else:
-                        # the anchors' tables are their buckets; the others' need the anchors just decoded
-                        table_ids = (context.table_ids(c, buckets, out[c].reshape(height, width)) if second_pass
-                                     else buckets).reshape(-1)
-                        order, tables, groups = self._grouped(table_ids if positions is None else table_ids[positions])
+                    else:  # the later passes' tables need the earlier passes' symbols, just decoded
+                        table_ids = context.pass_table_ids(c, buckets, out[c].reshape(height, width), kind, positions)
+                        order, tables, groups = self._grouped(table_ids)
                         if groups is None:
                             in_order = decoder.decode(self._per_symbol, self._probabilities[c][tables]).astype(np.int64)
                         else:
@@ -426,10 +434,9 @@ class TableCoder:
                     flips = None
                     if context is not None and context.sign_flip and values.any():  # a negated 0 is 0
                         prediction = state.sign_prediction(c) if prediction is None else prediction
-                        flips = context.channel_flips(  # the second pass's also from the anchors
-                            c, prediction, out[c].reshape(height, width) if second_pass else None)
+                        flips = context.pass_flips(c, prediction, out[c].reshape(height, width), kind, positions)
                     if flips is not None:
-                        values = values * (flips.reshape(-1) if positions is None else flips.reshape(-1)[positions])
+                        values = values * flips
                     if positions is None:
                         out[c] = values
                     else:

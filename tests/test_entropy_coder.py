@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.channel_context import ChannelContext, anchor_mask, neighbour_sum, window_sum
+from service.channel_context import (ANCHORS, DIAGONAL, NEIGHBOURS, ChannelContext, anchor_mask, diagonal_sum,
+                                     neighbour_sum, pass_map, window_sum)
 from service.entropy_coder import LevelTables, TableCoder, load_tables
 from service.errors import CorruptStream, ModelLoadError, TrailingData
 
@@ -203,6 +204,20 @@ def _predicting_one_pass_tables(channels: int) -> LevelTables:
     return _leaning(tables, dataclasses.replace(tables.context, sign_mixing=_sign_mixing(channels)), 0)
 
 
+def _diagonal_tables(channels: int, diagonal: int = 3) -> LevelTables:
+    """``_predicting_tables`` with a diagonal pass (format 7): its table (b, d) leans positive and is wider with b
+    and d, and its sign prediction weighs the diagonal neighbours' signed sum."""
+    tables = _predicting_tables(channels)
+    buckets = tables.context.buckets
+    values = np.arange(-8, 9)
+    extra = [_laplace_cdf(0.25 * (b + 1) * (d + 1), values - 1) for b in range(buckets) for d in range(diagonal)]
+    context_cdf = np.concatenate([tables.context_cdf, np.tile(np.stack(extra)[None], (channels, 1, 1))], axis=1)
+    context = dataclasses.replace(
+        tables.context, diagonal_edges=np.tile(np.array([3, 12][: diagonal - 1], dtype=np.int64), (channels, 1)),
+        sign_diagonal=np.stack([np.arange(channels) % 2, np.full(channels, 3000)], axis=1))
+    return dataclasses.replace(tables, context=context, context_cdf=context_cdf)
+
+
 def _following_symbols(rng: np.random.Generator, channels: int, height: int, width: int) -> np.ndarray:
     """Symbols whose signs follow the sign field of ``_sign_field_symbols`` and, from channel 1 on, are the
     opposite of the channel before's where that is not 0."""
@@ -230,7 +245,7 @@ def _busy_symbols(rng: np.random.Generator, channels: int, height: int, width: i
 @pytest.mark.parametrize("height, width", [(19, 26), (230, 240), (1, 1), (1, 7)])
 @pytest.mark.parametrize("make_tables", [_context_tables, _checkerboard_tables, _learned_tables,
                                          _learned_checkerboard_tables, _flipping_tables, _predicting_tables,
-                                         _predicting_one_pass_tables])
+                                         _predicting_one_pass_tables, _diagonal_tables])
 def test_channel_context_round_trip_is_exact_and_byte_identical(height, width, make_tables):
     rng = np.random.default_rng(3)
     coder = TableCoder(make_tables(5))
@@ -277,6 +292,9 @@ def test_checkerboard_tables_are_what_the_decoder_sees(height, width, make_table
     for c in range(4):
         anchors_only = np.where(anchors, symbols[c], 0)
         np.testing.assert_array_equal(context.table_ids(c, state.buckets(c), anchors_only), table_ids[c])
+        for kind, positions in context.pass_positions(height, width):
+            np.testing.assert_array_equal(context.pass_table_ids(c, state.buckets(c), anchors_only, kind, positions),
+                                          table_ids[c].reshape(-1)[positions])
         state.add(c, symbols[c])
     assert np.all(table_ids[:, anchors] < context.buckets) and np.all(table_ids[:, ~anchors] >= context.buckets)
     assert len(np.unique(table_ids[:, ~anchors])) >= 6 and context.tables == 4 * (1 + 3)
@@ -298,6 +316,79 @@ def test_the_sign_flip_codes_symbols_that_follow_their_neighbours_sign_in_fewer_
     ideal = coder.bit_costs(table_ids, symbols, flips).sum()
     assert abs(len(payload) * 8 - ideal) < 0.01 * ideal + 64
     assert coder.bit_costs(table_ids, symbols).sum() > 1.05 * ideal  # the same tables, not flipped
+
+
+@pytest.mark.parametrize("height, width", [(12, 9), (60, 50), (1, 5)])
+def test_diagonal_pass_tables_are_what_the_decoder_sees(height, width):
+    """With a diagonal pass the encoder's table of every symbol is what the decoder finds pass after pass: the
+    diagonal pass from the (even, even) anchors alone, the neighbour pass from both earlier passes."""
+    context = _diagonal_tables(4).context
+    symbols = _busy_symbols(np.random.default_rng(31), 4, height, width)
+    table_ids = context.table_ids_of(symbols)
+    kinds = context.pass_map(height, width)
+    state = context.start(height, width)
+    for c in range(4):
+        buckets = state.buckets(c)
+        known = {ANCHORS: np.zeros_like(symbols[c]), DIAGONAL: np.where(kinds == ANCHORS, symbols[c], 0),
+                 NEIGHBOURS: np.where(kinds != NEIGHBOURS, symbols[c], 0)}
+        for kind, positions in context.pass_positions(height, width):
+            np.testing.assert_array_equal(context.pass_table_ids(c, buckets, known[kind], kind, positions),
+                                          table_ids[c].reshape(-1)[positions])
+            np.testing.assert_array_equal(positions, np.flatnonzero(kinds == kind))
+        np.testing.assert_array_equal(context.table_ids(c, buckets, symbols[c]), table_ids[c])
+        state.add(c, symbols[c])
+    first_diagonal = context.buckets * (1 + context.spatial_buckets)
+    assert context.passes == (ANCHORS, DIAGONAL, NEIGHBOURS) and context.tables == 4 * (1 + 3 + 3)
+    assert np.all(table_ids[:, kinds == ANCHORS] < context.buckets)
+    assert np.all((table_ids[:, kinds == NEIGHBOURS] >= context.buckets)
+                  & (table_ids[:, kinds == NEIGHBOURS] < first_diagonal))
+    if height > 1:
+        assert np.all(table_ids[:, kinds == DIAGONAL] >= first_diagonal)
+        assert len(np.unique(table_ids[:, kinds == DIAGONAL])) >= 4
+
+
+def test_pass_map_and_diagonal_sum():
+    np.testing.assert_array_equal(pass_map(3, 4, False), [[0, 2, 0, 2], [2, 0, 2, 0], [0, 2, 0, 2]])
+    np.testing.assert_array_equal(pass_map(3, 4, True), [[0, 2, 0, 2], [2, 1, 2, 1], [0, 2, 0, 2]])
+    values = np.random.default_rng(12).integers(0, 100, size=(2, 5, 7))
+    padded = np.pad(values, [(0, 0), (1, 1), (1, 1)])
+    expected = padded[:, :-2, :-2] + padded[:, :-2, 2:] + padded[:, 2:, :-2] + padded[:, 2:, 2:]
+    np.testing.assert_array_equal(diagonal_sum(values), expected)
+    known = pass_map(5, 7, True) == ANCHORS  # every diagonal neighbour of the diagonal pass is an anchor
+    assert np.all(diagonal_sum((~known).astype(np.int64)[None])[0][pass_map(5, 7, True) == DIAGONAL] == 0)
+
+
+def test_diagonal_pass_tables_load_and_bad_ones_are_rejected(tmp_path):
+    tables = _diagonal_tables(3)
+    context = tables.context
+    arrays = {"format_version": np.array([7]), "level1_sign_mix": context.sign_mixing,
+              "level1_sign_pass2": context.sign_pass2, "level1_diagonal_edges": context.diagonal_edges,
+              "level1_sign_diagonal": context.sign_diagonal}
+    _save_context_tables(tmp_path / "good.npz", tables, **arrays)
+    loaded = load_tables(tmp_path / "good.npz", 1, [3])[0]
+    np.testing.assert_array_equal(loaded.context.diagonal_edges, context.diagonal_edges)
+    np.testing.assert_array_equal(loaded.context.sign_diagonal, context.sign_diagonal)
+    symbols = _following_symbols(np.random.default_rng(32), 3, 12, 10)
+    assert TableCoder(loaded).encode(symbols) == TableCoder(tables).encode(symbols)
+    _save_context_tables(tmp_path / "old.npz", tables, **{**arrays, "format_version": np.array([6])})
+    with pytest.raises(ModelLoadError, match="context tables of shape"):  # format 6 has no diagonal pass
+        load_tables(tmp_path / "old.npz", 1, [3])
+    unsorted = context.diagonal_edges.copy()
+    unsorted[1] = unsorted[1, ::-1]
+    for name, overrides in {
+        "unsorted": {"level1_diagonal_edges": unsorted},
+        "rows": {"level1_diagonal_edges": context.diagonal_edges[:2]},
+        "sign shape": {"level1_sign_diagonal": context.sign_diagonal[:, :1]},
+        "sign weights too large": {"level1_sign_diagonal": np.full((3, 2), 1 << 60)},
+        "tables": {"level1_context_cdf": tables.context_cdf[:, :-1]},
+    }.items():
+        _save_context_tables(tmp_path / "bad.npz", tables, **{**arrays, **overrides})
+        with pytest.raises(ModelLoadError):
+            load_tables(tmp_path / "bad.npz", 1, [3])
+    no_diagonal = {k: v for k, v in arrays.items() if k != "level1_diagonal_edges"}
+    _save_context_tables(tmp_path / "bad.npz", tables, **no_diagonal)
+    with pytest.raises(ModelLoadError, match="diagonal pass"):
+        load_tables(tmp_path / "bad.npz", 1, [3])
 
 
 def test_anchor_mask_and_neighbour_sum():
@@ -418,7 +509,8 @@ def test_sign_flip_tables_load_and_need_the_checkerboard(tmp_path):
         load_tables(tmp_path / "bad.npz", 1, [3])
 
 
-@pytest.mark.parametrize("make_tables", [_predicting_tables, _predicting_one_pass_tables, _flipping_tables])
+@pytest.mark.parametrize("make_tables", [_predicting_tables, _predicting_one_pass_tables, _flipping_tables,
+                                         _diagonal_tables])
 @pytest.mark.parametrize("height, width", [(12, 9), (33, 40)])
 def test_sign_flips_are_what_the_decoder_sees(make_tables, height, width):
     rng = np.random.default_rng(21)
@@ -427,16 +519,16 @@ def test_sign_flips_are_what_the_decoder_sees(make_tables, height, width):
     symbols[2, 0, 0] = 70_000  # clipped like every value
     flips = context.flips_of(symbols)
     state = context.start(height, width)
-    checkerboard = context.spatial_edges is not None
-    first_pass = anchor_mask(height, width) if checkerboard else np.ones((height, width), dtype=bool)
+    known = np.zeros(height * width, dtype=np.int64)
     for c in range(5):
         prediction = state.sign_prediction(c)
-        first = context.channel_flips(c, prediction)  # before any of the channel is known
-        first = np.ones((height, width), dtype=np.int64) if first is None else first
-        np.testing.assert_array_equal(first[first_pass], flips[c][first_pass])
-        if checkerboard:
-            anchors_only = np.where(first_pass, symbols[c], 0)
-            np.testing.assert_array_equal(context.channel_flips(c, prediction, anchors_only), flips[c])
+        known[:] = 0
+        for kind, positions in context.pass_positions(height, width):  # each pass knows the passes before it
+            pass_flips = context.pass_flips(c, prediction, known.reshape(height, width), kind, positions)
+            expected = flips[c].reshape(-1) if positions is None else flips[c].reshape(-1)[positions]
+            np.testing.assert_array_equal(np.ones_like(expected) if pass_flips is None else pass_flips, expected)
+            known[slice(None) if positions is None else positions] = (
+                symbols[c].reshape(-1) if positions is None else symbols[c].reshape(-1)[positions])
         state.add(c, symbols[c])
     assert (flips == -1).mean() > 0.2
 
@@ -528,7 +620,7 @@ def test_window_sum_replicates_edges_like_numpy_pad(shape, window):
 
 
 @pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables, _flipping_tables,
-                                         _predicting_tables, _predicting_one_pass_tables])
+                                         _predicting_tables, _predicting_one_pass_tables, _diagonal_tables])
 def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(make_tables):
     tables = make_tables(5)
     coder = TableCoder(tables)
@@ -549,7 +641,7 @@ def test_rdo_rounding_moves_symbols_only_one_step_towards_zero_and_saves_bits(ma
 
 
 @pytest.mark.parametrize("make_tables", [_laplace_tables, _context_tables, _checkerboard_tables, _flipping_tables,
-                                         _predicting_tables])
+                                         _predicting_tables, _diagonal_tables])
 def test_per_symbol_probabilities_give_the_bytes_of_one_model_per_table(make_tables, monkeypatch):
     """Small passes go to constriction in one call with per-symbol probabilities, larger ones table by table:
     the same quantised models, so the same bytes either way."""

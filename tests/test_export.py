@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from model_export.checkpoint import load_codec_checkpoint
-from model_export.export import export_model, level_order, spatial_buckets_per_level
+from model_export.export import diagonal_buckets_per_level, export_model, level_order, spatial_buckets_per_level
 from model_export.freeze import freeze_bottleneck, runtime_coder
 from model_export.model import SSLIC, pad_to_multiple
 from service.codec import Codec, pad_image
@@ -106,9 +106,9 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     assert manifest["entropy_coding"] == {"method": "factorized"}
     assert fitted["entropy_coding"] == {"method": "channel-context", "activity": "learned", "buckets": 16,
                                         "clip": 255, "window": 3, "spatial_buckets": [0, 8, 8],
-                                        "signs": ["learned"] * 3}
-    assert int(np.load(tmp_path / "entropy_tables.npz")["format_version"][0]) == 6
-    assert report["spatial_buckets"] == [0, 8, 8]
+                                        "diagonal_buckets": [0, 0, 8], "signs": ["learned"] * 3}
+    assert int(np.load(tmp_path / "entropy_tables.npz")["format_version"][0]) == 7
+    assert report["spatial_buckets"] == [0, 8, 8] and report["diagonal_buckets"] == [0, 0, 8]
     assert fitted["model_id"] != manifest["model_id"]
     codec = Codec.from_dir(tmp_path, threads=1)
     image = (_image(64, 96).numpy()[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
@@ -123,13 +123,19 @@ def test_tables_fitted_to_images_code_those_images_in_fewer_bits(tiny_export, tm
     with_spatial = report["bits_per_symbol_context"]
     # level 1 keeps one pass; the others get the checkerboard (its gain is tested on busy symbols in test_freeze)
     assert with_spatial[0] == without[0] and all(s != c for s, c in zip(with_spatial[1:], without[1:]))
+    two_passes = export_model(model, tmp_path / "two", fit_dir=small_image_dir, diagonal_buckets=0)
+    assert "diagonal_buckets" not in two_passes["entropy_coding"]
+    assert int(np.load(tmp_path / "two" / "entropy_tables.npz")["format_version"][0]) == 6
+    two_pass_bits = two_passes["tables_fitted_on"]["bits_per_symbol_context"]
+    assert two_pass_bits[:2] == report["bits_per_symbol_context"][:2]  # levels 1 and 2 keep their passes
+    assert two_pass_bits[2] != report["bits_per_symbol_context"][2]
     neighbours = export_model(model, tmp_path / "flip", fit_dir=small_image_dir, signs="neighbours")
     assert neighbours["entropy_coding"]["signs"] == ["none", "neighbours", "neighbours"]  # the checkerboard's
-    no_signs = export_model(model, tmp_path / "no-signs", fit_dir=small_image_dir, signs="none")
+    no_signs = export_model(model, tmp_path / "no-signs", fit_dir=small_image_dir, signs="none", diagonal_buckets=0)
     assert "signs" not in no_signs["entropy_coding"]
     assert int(np.load(tmp_path / "no-signs" / "entropy_tables.npz")["format_version"][0]) == 4
     counting = export_model(model, tmp_path / "counting", fit_dir=small_image_dir, learned_activity=False,
-                            signs="none")
+                            signs="none", diagonal_buckets=0)
     assert counting["entropy_coding"]["activity"] == "counting"
     assert int(np.load(tmp_path / "counting" / "entropy_tables.npz")["format_version"][0]) == 3
     assert counting["tables_fitted_on"]["bits_per_symbol_fitted"] == report["bits_per_symbol_fitted"]
@@ -194,6 +200,17 @@ def test_level_order_names_the_images_where_a_level_is_not_larger_than_the_one_b
     sizes = [[len(runtime_coder(t).encode(s)) for s in row] for t, row in zip(tables, symbols)]
     assert order["min_size_ratio"] == [round(min(b / a for a, b in zip(sizes[i], sizes[i + 1])), 4) for i in (0, 1)]
     assert order["min_size_ratio"][0] < 1 < sizes[1][0] / sizes[0][0]
+
+
+def test_diagonal_buckets_per_level():
+    assert diagonal_buckets_per_level(None, [0, 8, 8, 8]) == [0, 0, 8, 8]
+    assert diagonal_buckets_per_level(None, [0, 0, 0, 8]) == [0, 0, 0, 8]  # only where the checkerboard is
+    assert diagonal_buckets_per_level(None, [0]) == [0]
+    assert diagonal_buckets_per_level(4, [0, 8, 8]) == [0, 4, 4]
+    assert diagonal_buckets_per_level([0, 0, 3], [0, 8, 8]) == [0, 0, 3]
+    for bad in ([0, 8], [0, 1, 0], [4, 0, 0]):
+        with pytest.raises(ValueError, match="diagonal buckets"):
+            diagonal_buckets_per_level(bad, [0, 8, 8])
 
 
 def test_spatial_buckets_per_level():

@@ -197,6 +197,21 @@ def _own_field_symbols(seed: int, channels: int = 6, size: int = 64) -> np.ndarr
     return np.rint(rng.laplace(0, 1, size=(channels, size, size)) * field).astype(np.int64)
 
 
+def _saved_and_loaded(tmp_path, levels: list[FrozenTables], table_format: int, fresh: np.ndarray) -> list:
+    """Save ``levels``, check the file's format, load them and check that the last level's saved tables code
+    ``fresh`` exactly, in about the bits ``context_bits`` counts, and in the bytes of ``runtime_coder``."""
+    save_tables(tmp_path / "t.npz", levels)
+    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == table_format
+    loaded = load_tables(tmp_path / "t.npz", len(levels), [t.channels for t in levels])
+    coder = TableCoder(loaded[-1])
+    symbols = fresh.astype(np.int32)
+    payload = coder.encode(symbols)
+    np.testing.assert_array_equal(coder.decode(payload, *fresh.shape[1:]), fresh)
+    assert abs(len(payload) * 8 - context_bits(levels[-1], fresh)) < 0.01 * len(payload) * 8 + 64
+    assert runtime_coder(levels[-1]).encode(symbols) == payload
+    return loaded
+
+
 def test_checkerboard_tables_code_fresh_symbols_in_fewer_bits_and_round_trip(tmp_path):
     frozen = _wide_tables()
     training = [_own_field_symbols(seed) for seed in range(8)]
@@ -207,14 +222,8 @@ def test_checkerboard_tables_code_fresh_symbols_in_fewer_bits_and_round_trip(tmp
     assert checkerboard.context_cdf.shape == (6, 8 * (1 + 4), frozen.cdf.shape[1])
     assert checkerboard.context.spatial_edges.shape == (6, 3)
     np.testing.assert_array_equal(checkerboard.context.edges, channel_only.context.edges)
-    save_tables(tmp_path / "t.npz", [channel_only, checkerboard])
-    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 3
-    loaded = load_tables(tmp_path / "t.npz", 2, [6, 6])
+    loaded = _saved_and_loaded(tmp_path, [channel_only, checkerboard], 3, fresh)
     assert loaded[0].context.spatial_edges is None and loaded[1].context.spatial_buckets == 4
-    coder = TableCoder(loaded[1])
-    payload = coder.encode(fresh.astype(np.int32))
-    np.testing.assert_array_equal(coder.decode(payload, 64, 64), fresh)
-    assert abs(len(payload) * 8 - context_bits(checkerboard, fresh)) < 0.01 * len(payload) * 8 + 64
 
 
 def _paired_symbols(seed: int, size: int = 48) -> np.ndarray:
@@ -272,15 +281,8 @@ def test_the_sign_flip_fits_tables_to_the_flipped_symbols_and_round_trips(tmp_pa
     fresh = _sign_field_symbols(99)
     assert context_bits(flipping, fresh) < 0.95 * context_bits(plain, fresh)  # half the symbols are anchors
     np.testing.assert_array_equal(flipping.context.edges, plain.context.edges)
-    save_tables(tmp_path / "t.npz", [plain, flipping])
-    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 6
-    loaded = load_tables(tmp_path / "t.npz", 2, [6, 6])
+    loaded = _saved_and_loaded(tmp_path, [plain, flipping], 6, fresh)
     assert not loaded[0].context.sign_flip and loaded[1].context.sign_flip
-    coder = TableCoder(loaded[1])
-    payload = coder.encode(fresh)
-    np.testing.assert_array_equal(coder.decode(payload, 48, 48), fresh)
-    assert abs(len(payload) * 8 - context_bits(flipping, fresh)) < 0.01 * len(payload) * 8 + 64
-    assert runtime_coder(flipping).encode(fresh) == payload
     with pytest.raises(ValueError, match="neighbours"):
         fit_context_tables(frozen, training, buckets=4, signs="neighbours")
     with pytest.raises(ValueError, match="signs"):
@@ -319,14 +321,38 @@ def test_the_learned_sign_prediction_finds_what_the_earlier_channels_say(tmp_pat
         neighbours = fit(signs="neighbours")
         assert context_bits(learned, fresh) < 0.95 * context_bits(neighbours, fresh)
         assert np.abs(learned.context.sign_pass2).max() <= 1 << 20
-    save_tables(tmp_path / "t.npz", [learned])
-    assert int(np.load(tmp_path / "t.npz")["format_version"][0]) == 6
-    loaded = load_tables(tmp_path / "t.npz", 1, [6])[0]
-    coder = TableCoder(loaded)
-    payload = coder.encode(fresh)
-    np.testing.assert_array_equal(coder.decode(payload, 48, 48), fresh)
-    assert abs(len(payload) * 8 - context_bits(learned, fresh)) < 0.01 * len(payload) * 8 + 64
-    assert runtime_coder(learned).encode(fresh) == payload
+    _saved_and_loaded(tmp_path, [learned], 6, fresh)
+
+
+def _signed_field_symbols(seed: int, channels: int = 6, size: int = 64) -> np.ndarray:
+    """``_own_field_symbols`` with the signs of ``_sign_field_symbols``: a symbol's neighbours in its own channel,
+    diagonal ones too, tell its scale and its sign."""
+    rng = np.random.default_rng(seed + 1000)
+    signs = np.kron(rng.choice([-1, 1], size=(channels, size // 8, size // 8)), np.ones((1, 8, 8)))
+    return (signs * np.abs(_own_field_symbols(seed, channels, size))).astype(np.int64)
+
+
+def test_the_diagonal_pass_codes_fresh_symbols_in_fewer_bits_and_round_trips(tmp_path):
+    frozen = _wide_tables()
+    training = [_signed_field_symbols(seed) for seed in range(8)]
+    fit = functools.partial(fit_context_tables, frozen, training, buckets=4, spatial_buckets=4, signs="learned")
+    two_passes, diagonal = fit(), fit(diagonal_buckets=4)
+    fresh = _signed_field_symbols(99)
+    assert context_bits(diagonal, fresh) < 0.97 * context_bits(two_passes, fresh)
+    assert diagonal.context_cdf.shape == (6, 4 * (1 + 4 + 4), frozen.cdf.shape[1])
+    assert diagonal.context.diagonal_edges.shape == (6, 3) and diagonal.context.sign_diagonal.shape == (6, 2)
+    assert np.all(diagonal.context.sign_diagonal[:, 1] > 0)  # the diagonal neighbours' signs are the symbol's
+    np.testing.assert_array_equal(diagonal.context.edges, two_passes.context.edges)
+    np.testing.assert_array_equal(diagonal.context.sign_mixing, two_passes.context.sign_mixing)
+    loaded = _saved_and_loaded(tmp_path, [two_passes, diagonal], 7, fresh)
+    assert loaded[0].context.diagonal_edges is None and loaded[1].context.diagonal_buckets == 4
+    residuals = fresh + np.random.default_rng(2).uniform(-0.5, 0.5, size=fresh.shape)
+    np.testing.assert_array_equal(runtime_coder(diagonal).rdo_symbols(residuals, 0.1),
+                                  TableCoder(loaded[1]).rdo_symbols(residuals, 0.1))
+    with pytest.raises(ValueError, match="diagonal_buckets"):
+        fit_context_tables(frozen, training, buckets=4, diagonal_buckets=4)  # needs the checkerboard
+    with pytest.raises(ValueError, match="diagonal_buckets"):
+        fit(diagonal_buckets=1)
 
 
 def test_context_fitting_rejects_bad_arguments():

@@ -58,7 +58,8 @@ import numpy as np
 
 __all__ = [
     "ChannelContext", "ContextState", "DEFAULT_CLIP", "DEFAULT_WINDOW", "EXACT_LIMIT", "ANCHORS", "DIAGONAL",
-    "NEIGHBOURS", "anchor_mask", "bucket_of", "diagonal_sum", "neighbour_sum", "pass_map", "window_sum",
+    "NEIGHBOURS", "anchor_mask", "bucket_of", "diagonal_sum", "neighbour_sum", "pass_map", "pass_positions",
+    "window_sum",
 ]
 
 DEFAULT_CLIP = 255

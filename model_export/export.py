@@ -328,37 +328,35 @@ def spatial_buckets_per_level(value: int | list[int] | None, levels: int) -> lis
     """Checkerboard buckets per level: ``None`` gives ``DEFAULT_SPATIAL_BUCKETS`` to every level but the coarsest
     (whose few symbols per image fit S times more tables badly: +0.1 to +0.5 % bits on val), one number gives
     it to every level, a list gives one per level; 0 turns the checkerboard off."""
-    if value is None:
-        values = [0] + [DEFAULT_SPATIAL_BUCKETS] * (levels - 1)
-    elif isinstance(value, int):
-        values = [value] * levels
-    else:
-        values = list(value)
-    if len(values) != levels:
-        raise ValueError(f"spatial buckets: need one number or {levels}, got {len(values)}")
-    if any(v != 0 and not 2 <= v <= 256 for v in values):
-        raise ValueError(f"spatial buckets must be 0 or 2..256, got {values}")
-    return values
+    return _buckets_per_level(value, levels, first=1, default=DEFAULT_SPATIAL_BUCKETS, name="spatial buckets")
 
 
 def diagonal_buckets_per_level(value: int | list[int] | None, spatial: list[int]) -> list[int]:
     """Diagonal-pass buckets per level (levels with the checkerboard ``spatial`` only): ``None`` gives
     ``DEFAULT_DIAGONAL_BUCKETS`` to every checkerboard level but the two coarsest (level 2 codes 0.2 % more bits
     on val with it), one number gives it to every checkerboard level, a list gives one per level; 0: none."""
-    levels = len(spatial)
+    values = _buckets_per_level(value, len(spatial), first=2, default=DEFAULT_DIAGONAL_BUCKETS,
+                                name="diagonal buckets")
+    if isinstance(value, list) and any(v and not s for v, s in zip(values, spatial)):
+        raise ValueError(f"diagonal buckets {values} at a level without the checkerboard ({spatial})")
+    return [v if s else 0 for v, s in zip(values, spatial)]
+
+
+def _buckets_per_level(value: int | list[int] | None, levels: int, first: int, default: int, name: str
+                       ) -> list[int]:
+    """Buckets per level: ``None`` gives ``default`` from level index ``first`` on and 0 below, one number gives
+    it to every level, a list gives one per level; each 0 or 2..256."""
     if value is None:
-        values = [DEFAULT_DIAGONAL_BUCKETS if level >= 2 else 0 for level in range(levels)]
+        values = [default if level >= first else 0 for level in range(levels)]
     elif isinstance(value, int):
         values = [value] * levels
     else:
         values = list(value)
     if len(values) != levels:
-        raise ValueError(f"diagonal buckets: need one number or {levels}, got {len(values)}")
+        raise ValueError(f"{name}: need one number or {levels}, got {len(values)}")
     if any(v != 0 and not 2 <= v <= 256 for v in values):
-        raise ValueError(f"diagonal buckets must be 0 or 2..256, got {values}")
-    if isinstance(value, list) and any(v and not s for v, s in zip(values, spatial)):
-        raise ValueError(f"diagonal buckets {values} at a level without the checkerboard ({spatial})")
-    return [v if s else 0 for v, s in zip(values, spatial)]
+        raise ValueError(f"{name} must be 0 or 2..256, got {values}")
+    return values
 
 
 def export_model(

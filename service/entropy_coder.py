@@ -104,9 +104,9 @@ def _context_arrays(archive, level: int, version: int) -> dict:
     edges = archive[f"level{level}_context_edges"].astype(np.int64)
     signs: dict[str, np.ndarray] = {}
     if version >= 6:
-        signs = {name: archive[key].astype(np.int64) for name, key in
-                 (("sign_mixing", sign_mixing), ("sign_pass2", sign_pass2), ("sign_diagonal", sign_diagonal))
-                 if key in archive.files and (version >= 7 or key != sign_diagonal)}
+        names = [("sign_mixing", sign_mixing), ("sign_pass2", sign_pass2)]
+        names += [("sign_diagonal", sign_diagonal)] if version >= 7 else []
+        signs = {name: archive[key].astype(np.int64) for name, key in names if key in archive.files}
     elif version == 5 and flip in archive.files and bool(archive[flip].reshape(-1)[0]):
         signs = {"sign_pass2": np.tile(np.array([[0, 1]], dtype=np.int64), (edges.shape[0], 1))}
     context = ChannelContext(

@@ -33,6 +33,9 @@ class ModelConfig:
     pyramid_channels: int = 128
     latent_channels: list[int] = field(default_factory=lambda: [192, 160, 128, 96])  # level 1 (coarsest) first
     decoder_channels: int = 128
+    # per level, channel and |symbol| a learned shift of the decoder input, fitted after training for the symbols
+    # the runtime codes (``model_export.fit_offsets``, docs/architecture.md); false: the decoder reads ŷ as it is
+    decoder_input_offsets: bool = False
 
     @property
     def levels(self) -> int:

@@ -9,6 +9,8 @@ Parameters, with D decoder channels and L levels:
   last transposed conv to RGB), shared
   by all levels.
 
+With ``input_offsets``, each level's path starts with its own ``InputOffsets`` (fitted after training).
+
 Level i's path: entry[i] → up[L−i−1] … up[0] → refine[1] … refine[i] → trunk. So the decoder of level i uses
 all of level i−1's trunk and refinement parameters plus its own entry and refinement block; every level's
 path is a module of its own (``DecoderPath``) and exports on its own.
@@ -25,7 +27,13 @@ from torch import Tensor, nn
 from .attention import SelfAttention
 from .gdn import IGDN
 
-__all__ = ["SharedDecoder", "DecoderPath", "ResidualBlock", "SubPixelUpsample", "use_subpixel_upsampling"]
+__all__ = [
+    "SharedDecoder", "DecoderPath", "InputOffsets", "OFFSET_CLASSES", "ResidualBlock", "SubPixelUpsample",
+    "use_subpixel_upsampling",
+]
+
+# |q| = 0, 1, 2, 3 and 4 or more each get their own offset per channel
+OFFSET_CLASSES = 5
 
 
 def _upsample(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
@@ -121,6 +129,31 @@ class Trunk(nn.Module):
         return self.to_rgb(x)
 
 
+class InputOffsets(nn.Module):
+    """Reconstruction offsets of one level's decoder input: with q = round(ŷ − median), the decoder reads
+    ŷ + sign(q) · δ[c, min(|q|, K − 1)] (δ[c, 0] alone where q = 0) instead of ŷ = q + median.
+
+    The encoder's rate–distortion optimised rounding moves symbols towards 0, so the best value to decode a
+    symbol to is not the integer itself; ``model_export.fit_offsets`` fits δ (C, K) for the decoded pixels' MSE
+    on the symbols the runtime codes. Zero offsets are the identity. The medians are a buffer copied from the
+    level's entropy model when the offsets are fitted."""
+
+    medians: Tensor
+
+    def __init__(self, channels: int, classes: int = OFFSET_CLASSES):
+        super().__init__()
+        self.offsets = nn.Parameter(torch.zeros(channels, classes))
+        self.register_buffer("medians", torch.zeros(channels))
+
+    def forward(self, y_hat: Tensor) -> Tensor:
+        symbols = torch.round(y_hat - self.medians.view(1, -1, 1, 1)).detach()
+        magnitude = symbols.abs().clamp(max=self.offsets.shape[1] - 1)
+        shift = torch.zeros_like(y_hat)
+        for k in range(self.offsets.shape[1]):  # a sum of masks: exports as plain elementwise ONNX ops
+            shift = shift + self.offsets[:, k].view(1, -1, 1, 1) * (magnitude == k).to(y_hat.dtype)
+        return y_hat + torch.where(symbols < 0, -shift, shift)
+
+
 class SharedDecoder(nn.Module):
     """Holds every parameter of every level path; ``forward(y, level)`` decodes one level (1-based)."""
 
@@ -131,9 +164,11 @@ class SharedDecoder(nn.Module):
         attention: bool = False,
         attention_window: int = 16,
         attention_pool: int = 2,
+        input_offsets: bool = False,
     ):
         super().__init__()
         self.levels = len(latent_channels)
+        self.input_offsets = nn.ModuleList(InputOffsets(m) for m in latent_channels) if input_offsets else None
         self.entry = nn.ModuleList(nn.Conv2d(m, channels, 3, padding=1) for m in latent_channels)
         self.up = nn.ModuleList(
             nn.Sequential(_upsample(channels, channels), IGDN(channels)) for _ in range(self.levels - 1)
@@ -147,6 +182,8 @@ class SharedDecoder(nn.Module):
     def forward(self, y: Tensor, level: int) -> Tensor:
         if not 1 <= level <= self.levels:
             raise ValueError(f"level must be in 1..{self.levels}, got {level}")
+        if self.input_offsets is not None:
+            y = self.input_offsets[level - 1](y)
         x = self.entry[level - 1](y)
         for j in reversed(range(self.levels - level)):
             x = self.up[j](x)
@@ -162,6 +199,8 @@ class SharedDecoder(nn.Module):
         modules: list[nn.Module] = [self.entry[level - 1], self.trunk]
         modules += [self.up[j] for j in range(self.levels - level)]
         modules += [self.refine[i] for i in range(level)]
+        if self.input_offsets is not None:
+            modules.append(self.input_offsets[level - 1])
         return [p for m in modules for p in m.parameters()]
 
 

@@ -3,7 +3,8 @@
 ``DecoderGradient(decoder, level)`` maps (ŷ, target, weight) to the weighted squared error of the decoded image,
 S = Σ weight · (clamp(x̂, 0, 1) − target)², and its gradient ∂S/∂ŷ. The backward pass is written out by hand
 (the adjoint of a stride-1 convolution is a convolution with the kernel flipped and its channels swapped; of a
-pixel shuffle, the pixel unshuffle; of IGDN, below), so the graph exports to plain ONNX and the torch-free
+pixel shuffle, the pixel unshuffle; of IGDN, below; of the input offsets, the identity, as their shift only changes
+where ŷ crosses a rounding step), so the graph exports to plain ONNX and the torch-free
 service can refine latents with ONNX Runtime alone (``service/refine.py``, docs/architecture.md). It expects the
 export form of the decoder (:func:`model_export.decoder.use_subpixel_upsampling`), and a trunk without attention.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decoder import ResidualBlock, SharedDecoder, SubPixelUpsample
+from .decoder import InputOffsets, ResidualBlock, SharedDecoder, SubPixelUpsample
 from .gdn import GDN
 
 __all__ = ["DecoderGradient", "decoder_steps"]
@@ -29,12 +30,15 @@ def decoder_steps(decoder: SharedDecoder, level: int) -> list[nn.Module]:
     if decoder.trunk.attention is not None:
         raise ValueError("latent refinement does not support attention in the decoder")
     steps: list[nn.Module] = [decoder.entry[level - 1]]
+    if decoder.input_offsets is not None:
+        steps.insert(0, decoder.input_offsets[level - 1])
     for j in reversed(range(decoder.levels - level)):
         steps.extend(decoder.up[j])
     steps.extend(decoder.refine[:level])
     steps.extend([*decoder.trunk.up1, *decoder.trunk.up2, decoder.trunk.to_rgb])
     for step in steps:
-        supported = isinstance(step, (SubPixelUpsample, ResidualBlock)) or (isinstance(step, GDN) and step.inverse)
+        supported = isinstance(step, (SubPixelUpsample, ResidualBlock, InputOffsets))
+        supported = supported or (isinstance(step, GDN) and step.inverse)
         if isinstance(step, nn.Conv2d):
             supported = step.stride == (1, 1) and step.dilation == (1, 1) and step.groups == 1
         if not supported:
@@ -69,6 +73,8 @@ def _backward(step: nn.Module, grad: Tensor, saved: tuple) -> Tensor:
         return grad + _conv_input_gradient(inner * slope, first)
     if isinstance(step, SubPixelUpsample):
         return _conv_input_gradient(F.pixel_unshuffle(grad, 2), step.conv)
+    if isinstance(step, InputOffsets):  # a shift that is constant between the rounding steps
+        return grad
     return _conv_input_gradient(grad, step)
 
 

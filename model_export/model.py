@@ -21,7 +21,10 @@ from .decoder import SharedDecoder
 from .entropy import EntropyBottleneck, quantize
 from .pyramid import FeaturePyramid
 
-__all__ = ["SSLIC", "pad_to_multiple", "crop_to"]
+__all__ = ["SSLIC", "pad_to_multiple", "crop_to", "OFFSET_KEYS"]
+
+# state-dict keys of the decoder's input offsets (fitted after training: model_export.fit_offsets)
+OFFSET_KEYS = "decoder.input_offsets."
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -114,6 +117,7 @@ class SSLIC(nn.Module):
             attention=config.attention in ("decoder", "both"),
             attention_window=config.attention_window,
             attention_pool=config.attention_pool,
+            input_offsets=config.decoder_input_offsets,
         )
 
     @property

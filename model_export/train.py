@@ -27,7 +27,7 @@ from .checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from .config import ExperimentConfig, load_config
 from .data import BatchPrefetcher, CropSampler, ImageSet, crops_to_float
 from .losses import RateDistortionLoss, mean_level_terms, psnr_from_mse
-from .model import SSLIC
+from .model import OFFSET_KEYS, SSLIC
 from .perceptual import BackboneFeatures, PerceptualLoss, load_vgg19_features
 from .runtime import describe_device, ensure_fast_malloc, native_bf16, select_device, set_threads
 from .validation import evaluate_images
@@ -162,9 +162,19 @@ class Trainer:
         self.trained_on = state.get("trained_on", self.trained_on)
 
     def init_from(self, path: Path) -> None:
-        """Start from a codec checkpoint's weights (same architecture); optimizer and step start afresh."""
+        """Start from a codec checkpoint's weights (same architecture); optimizer and step start afresh. The decoder's
+        input offsets (``model_export.fit_offsets``) fit the checkpoint's decoder only: a run without them in its
+        config drops them (fit them again after training), one with them starts them at 0 if the checkpoint has
+        none."""
         model, config, summary = load_codec_checkpoint(path)
-        self.model.load_state_dict(model.state_dict())
+        weights = model.state_dict()
+        offsets = [key for key in weights if key.startswith(OFFSET_KEYS)]
+        if offsets and not self.config.model.decoder_input_offsets:
+            weights = {key: value for key, value in weights.items() if not key.startswith(OFFSET_KEYS)}
+            self.log(f"{path}: its decoder input offsets are not carried over (fit them again after training)")
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if unexpected or any(not key.startswith(OFFSET_KEYS) for key in missing):
+            raise ValueError(f"{path} does not match this run's model: missing {missing}, unexpected {unexpected}")
         self.init_checkpoint = {
             "path": str(path),
             "name": summary.get("name"),

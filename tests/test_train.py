@@ -6,7 +6,7 @@ import torch
 
 import model_export.train as train_module
 
-from model_export.checkpoint import load_codec_checkpoint
+from model_export.checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from model_export.config import ConfigError, ExperimentConfig
 from model_export.train import Trainer, learning_rate, main
 
@@ -100,6 +100,34 @@ def test_a_non_finite_batch_is_skipped_not_applied(tmp_path, small_image_dir):
     _, _, applied = trainer.train_step()
     assert applied
     assert "skipped update" in (tmp_path / "train.log").read_text()
+
+
+def test_a_new_run_drops_or_zeroes_the_decoder_input_offsets_it_does_not_share(tmp_path, small_image_dir):
+    """Offsets fit one decoder: a run without them in its config drops a checkpoint's, a run with them starts them
+    at 0 from a checkpoint without."""
+    from model_export.fit_offsets import with_input_offsets
+
+    first = Trainer(_config(small_image_dir, steps=1), tmp_path / "a", torch.device("cpu"), quiet=True)
+    (tmp_path / "a").mkdir()
+    first.run()
+    plain_path = first.export(tmp_path / "plain.pt", half=False)
+    with_offsets, config = with_input_offsets(first.model, first.config)
+    with torch.no_grad():
+        for offsets in with_offsets.decoder.input_offsets:
+            offsets.offsets.fill_(0.25)
+    offsets_path = save_codec_checkpoint(tmp_path / "offsets.pt", with_offsets, config, {"name": "offsets"})
+    (tmp_path / "b").mkdir()
+    plain = Trainer(_config(small_image_dir, steps=1), tmp_path / "b", torch.device("cpu"), quiet=True)
+    plain.init_from(offsets_path)
+    assert plain.model.decoder.input_offsets is None
+    torch.testing.assert_close(plain.model.decoder.entry[0].weight, first.model.decoder.entry[0].weight)
+    assert "not carried over" in (tmp_path / "b" / "train.log").read_text()
+    offsets_config = _config(small_image_dir, steps=1)
+    offsets_config.model.decoder_input_offsets = True
+    (tmp_path / "c").mkdir()
+    fitted = Trainer(offsets_config, tmp_path / "c", torch.device("cpu"), quiet=True)
+    fitted.init_from(plain_path)
+    assert all(not offsets.offsets.any() for offsets in fitted.model.decoder.input_offsets)
 
 
 def test_a_new_run_can_start_from_a_codec_checkpoint(tmp_path, small_image_dir):

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test serve train simclr reproduce export evaluate bench clean
+.PHONY: setup test serve train simclr reproduce export offsets evaluate bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ reproduce: setup
 
 export: setup
 	$(PY) -m model_export.export checkpoints/sslic_default.pt models/default --fit-tables ../shared/data/train --fit-rdoq 0.3,0.1,0.15,0
+
+# the decoder's input offsets for the symbols the exported model codes (after `make export`; export again after it)
+offsets: setup
+	$(PY) -m model_export.fit_offsets checkpoints/sslic_default.pt models/default --out checkpoints/sslic_default.pt
 
 evaluate: setup
 	$(PY) -m model_export.evaluate --model-dir models/default --out docs/results

@@ -185,7 +185,8 @@ class Trainer:
         self.log(f"initialised from {path} (its step {summary.get('step')})")
 
     def _check_same_model(self, state: dict[str, Any], path: Path, option: str) -> None:
-        theirs, ours = dict(state["config"]["model"]), self.config.to_dict()["model"]
+        theirs = {**ExperimentConfig().to_dict()["model"], **state["config"]["model"]}  # older states lack newer keys
+        ours = self.config.to_dict()["model"]
         differing = sorted(k for k in ours if k != "backbone_checkpoint" and theirs.get(k) != ours[k])
         if differing:
             raise ValueError(f"{path} holds another model than this config ({', '.join(differing)} differ); "

@@ -188,6 +188,12 @@ def test_continue_from_refuses_another_model(tmp_path, small_image_dir):
     second = Trainer(ExperimentConfig.from_dict(config), tmp_path / "b", torch.device("cpu"), quiet=True)
     with pytest.raises(ValueError, match="finetune_backbone differ"):
         second.continue_from(tmp_path / "a" / "last.pt")
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    del state["config"]["model"]["decoder_input_offsets"]  # a state saved before the key existed: its default
+    torch.save(state, tmp_path / "a" / "older.pt")
+    (tmp_path / "c").mkdir()
+    Trainer(_config(small_image_dir, steps=1), tmp_path / "c", torch.device("cpu"), quiet=True).continue_from(
+        tmp_path / "a" / "older.pt")
 
 
 def test_init_from_and_continue_from_exclude_each_other(tmp_path, small_image_dir):

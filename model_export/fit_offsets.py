@@ -7,8 +7,8 @@ MODEL_DIR is CHECKPOINT's exported folder: its encoder, tables and default RDO �
 as the service codes them. Per level (by default those the runtime rounds with RDO, λ > 0: plain rounding is what the
 decoder was trained on, and the offsets stay 0 there), Adam fits the offsets δ (C, K) for the MSE of the decoded
 image (the whole image, cropped to its size) over every ``--every``-th training image for ``--epochs`` epochs; no
-other weight changes. The output checkpoint has ``model.decoder_input_offsets: true`` and the val PSNR per level before and
-after in its summary (``input_offsets``); export it as usual. Refitting a checkpoint that has offsets starts
+other weight changes. The output checkpoint has ``model.decoder_input_offsets: true`` and the val PSNR per level
+before and after in its summary (``input_offsets``); export it as usual. Refitting a checkpoint that has offsets starts
 again from zero.
 """
 

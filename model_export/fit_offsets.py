@@ -25,12 +25,10 @@ from service.codec import Codec, pad_image
 
 from .checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from .config import ExperimentConfig
+from .data import IMAGE_SUFFIXES
 from .model import OFFSET_KEYS, SSLIC
 
 __all__ = ["fit_offsets", "with_input_offsets", "LevelImage"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 class LevelImage:
     """One image as the runtime codes it: its pixels (3, H, W) in [0, 1], uncropped size, and per level the

@@ -17,6 +17,9 @@
   the coarsest (``--spatial-buckets``, default 8 spatial buckets) and a diagonal pass at every level but the two
   coarsest (``--diagonal-buckets``, default 8 buckets), and last refitted to the symbols the runtime's
   RDO rounding codes with them (``--fit-rdoq``, default the service's λ, 0.1 at every level but the finest);
+- ``input_offsets.npz``, only for a model whose decoder has input offsets (``decoder.InputOffsets``): each
+  level's offsets δ (C_i, K) as ``level{i}``, float32. The decoder graphs hold them already; the service reads
+  this copy to decode a level the encoder rounded plainly as the decoder was trained (bitstream.md, flags);
 - ``manifest.json``: format version, model id (hash of the files), levels, channels, strides, padding
   multiple, table precision, sha256 of every file, the training summary and validation metrics.
 
@@ -66,6 +69,7 @@ ARTIFACT_FORMAT = "sslic-model"
 ARTIFACT_VERSION = 1
 OPSET = 18
 WEIGHTS_FILE = "weights.bin"
+INPUT_OFFSETS_FILE = "input_offsets.npz"
 # refits of the tables to the RDO-rounded symbols (each round rounds again under the previous round's tables)
 DEFAULT_RDO_ROUNDS = 2
 _MIN_EXTERNAL_ELEMENTS = 64
@@ -430,8 +434,13 @@ def export_model(
                                             fit_lambdas, learned_activity=learned_activity, signs=signs,
                                             diagonal_buckets=diagonal)
     save_tables(out / "entropy_tables.npz", tables)
+    offsets = model.decoder.input_offsets
+    if offsets is not None:
+        with open(out / INPUT_OFFSETS_FILE, "wb") as handle:
+            np.savez(handle, **{f"level{level}": o.offsets.detach().float().numpy()
+                                for level, o in enumerate(offsets, start=1)})
 
-    files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz"])
+    files = sorted([*graphs, WEIGHTS_FILE, "entropy_tables.npz", *([INPUT_OFFSETS_FILE] if offsets else [])])
     hashes = {name: file_sha256(out / name) for name in files}
     model_id = model_id_for(hashes)
     strides = model.level_strides()
@@ -463,6 +472,8 @@ def export_model(
         "val": summary.get("val"),
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__},
     }
+    if offsets is not None:
+        manifest["input_offsets"] = INPUT_OFFSETS_FILE
     if gradient_graphs:
         manifest["refinement"] = {
             "decoder_gradients": {str(level): _gradient_name(level) for level in range(1, levels + 1)},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import (
@@ -18,13 +19,15 @@ from .errors import (
     UnsupportedVersion,
 )
 
-__all__ = ["MAGIC", "VERSION", "MODES", "LevelStream", "Container", "pack", "unpack", "extract_level"]
+__all__ = ["MAGIC", "VERSION", "MODES", "PLAIN_MARKABLE_LEVELS", "LevelStream", "Container", "plain_rounding_flags",
+           "pack", "unpack", "extract_level"]
 
 MAGIC = b"SSLC"
 VERSION = 1
 MODES = ("RGB", "RGBA", "L", "LA")
 MODEL_ID_BYTES = 16
 MAX_SIDE = 1 << 20
+PLAIN_MARKABLE_LEVELS = 8  # header flag bit i − 1 marks level i as plainly rounded, for levels 1 … 8
 
 _HEADER = struct.Struct("<4sBB16sIIBB")  # magic, version, flags, model id, width, height, mode, level count
 _LEVEL = struct.Struct("<BHHHI")  # level, channels, latent height, latent width, payload bytes
@@ -51,7 +54,7 @@ class Container:
     mode: str  # one of MODES: the mode the decoded image is given
     levels: tuple[LevelStream, ...]
     alpha: bytes | None = None  # zlib-compressed alpha plane (height × width bytes) for RGBA / LA
-    flags: int = field(default=0)
+    flags: int = field(default=0)  # bit i − 1: level i's symbols were plainly rounded (plain_rounding_flags)
 
     @property
     def level_numbers(self) -> list[int]:
@@ -65,6 +68,11 @@ class Container:
             if stream.level == number:
                 return stream
         raise LevelNotInStream(f"level {number} is not in this container (it holds {self.level_numbers})")
+
+    def plainly_rounded(self, level: int) -> bool:
+        """Whether the header marks ``level``'s symbols as plainly rounded: the decoder then reads them without
+        the model's input offsets (docs/bitstream.md, flags)."""
+        return 1 <= level <= PLAIN_MARKABLE_LEVELS and bool(self.flags >> (level - 1) & 1)
 
     def header_dict(self, total_bytes: int | None = None) -> dict:
         """The header as plain data (``sslic info``)."""
@@ -81,6 +89,7 @@ class Container:
                     "level": s.level,
                     "latent_shape": [s.channels, s.height, s.width],
                     "payload_bytes": len(s.payload),
+                    "plainly_rounded": self.plainly_rounded(s.level),
                 }
                 for s in self.levels
             ],
@@ -93,6 +102,21 @@ class Container:
 
 def _has_alpha(mode: str) -> bool:
     return mode in ("RGBA", "LA")
+
+
+def plain_rounding_flags(levels: Iterable[int]) -> int:
+    """The header flags marking ``levels`` as plainly rounded; raises ValueError for a level the byte cannot mark."""
+    flags = 0
+    for level in levels:
+        if not 1 <= level <= PLAIN_MARKABLE_LEVELS:
+            raise ValueError(f"the header flags mark levels 1..{PLAIN_MARKABLE_LEVELS}, not {level}")
+        flags |= 1 << (level - 1)
+    return flags
+
+
+def _unmarked_levels(flags: int, numbers: list[int]) -> list[int]:
+    """The levels ``flags`` marks that are not among ``numbers``."""
+    return [bit + 1 for bit in range(PLAIN_MARKABLE_LEVELS) if flags >> bit & 1 and bit + 1 not in numbers]
 
 
 def pack(container: Container) -> bytes:
@@ -108,6 +132,8 @@ def pack(container: Container) -> bytes:
         raise ValueError("levels must be distinct and in increasing order")
     if not (1 <= container.width <= MAX_SIDE and 1 <= container.height <= MAX_SIDE):
         raise ValueError(f"width and height must be 1..{MAX_SIDE}")
+    if not 0 <= container.flags <= 0xFF or _unmarked_levels(container.flags, numbers):
+        raise ValueError(f"header flags {container.flags:#04x} mark levels the container does not hold")
     model_id = bytes.fromhex(container.model_id)
     if len(model_id) != MODEL_ID_BYTES:
         raise ValueError("model id must be 16 bytes (32 hex digits)")
@@ -148,8 +174,6 @@ def unpack(data: bytes) -> Container:
     if len(data) < _HEADER.size:
         raise TruncatedStream("the stream ends inside the header")
     _magic, _version, flags, model_id, width, height, mode_code, count = _HEADER.unpack_from(data, 0)
-    if flags != 0:
-        raise CorruptStream(f"unknown header flags {flags:#04x}")
     if mode_code >= len(MODES):
         raise CorruptStream(f"unknown image mode code {mode_code}")
     mode = MODES[mode_code]
@@ -172,6 +196,9 @@ def unpack(data: bytes) -> Container:
     numbers = [entry[0] for entry in entries]
     if numbers != sorted(set(numbers)) or numbers[0] == 0:
         raise CorruptStream(f"level numbers {numbers} are not distinct, positive and increasing")
+    if _unmarked_levels(flags, numbers):
+        raise CorruptStream(f"the header flags {flags:#04x} mark levels {_unmarked_levels(flags, numbers)}, "
+                            f"which the container does not hold")
     expected = offset + sum(entry[4] for entry in entries) + (alpha_length or 0) + _CRC.size
     if len(data) < expected:
         raise TruncatedStream(f"the container is {len(data)} bytes; its header announces {expected}")
@@ -191,13 +218,13 @@ def unpack(data: bytes) -> Container:
     alpha = None
     if alpha_length is not None:
         alpha = data[offset : offset + alpha_length]
-    return Container(model_id.hex(), width, height, mode, tuple(streams), alpha)
+    return Container(model_id.hex(), width, height, mode, tuple(streams), alpha, flags)
 
 
 def extract_level(data: bytes, level: int | None = None) -> bytes:
     """A single-level container holding ``level`` (default: the finest) of ``data``; no model run."""
     container = unpack(data)
     stream = container.level(level)
-    return pack(
-        Container(container.model_id, container.width, container.height, container.mode, (stream,), container.alpha)
-    )
+    flags = plain_rounding_flags([stream.level]) if container.plainly_rounded(stream.level) else 0
+    return pack(Container(container.model_id, container.width, container.height, container.mode, (stream,),
+                          container.alpha, flags))

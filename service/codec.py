@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bitstream import Container, LevelStream, extract_level, pack, unpack
+from .bitstream import PLAIN_MARKABLE_LEVELS, Container, LevelStream, extract_level, pack, plain_rounding_flags, unpack
 from .entropy_coder import DEFAULT_RDOQ_LAMBDA
 from .errors import CorruptStream, ImageTooLarge, InvalidParameter, UnknownModel
 from .imageio import InputImage, from_pil, read_image, to_pil
@@ -165,8 +165,19 @@ class Codec:
             rdoq_lambda = self.rdoq_per_level[level - 1]
         return self.model.coders[level - 1].rdo_symbols(latent - medians, rdoq_lambda)
 
-    def container_from_symbols(self, image: InputImage, symbols: dict[int, np.ndarray]) -> bytes:
-        """Range-code the symbols and pack them with the image's size, mode and alpha plane."""
+    def plain_levels(self, rdoq_per_level: Sequence[float] | None = None) -> list[int]:
+        """The levels ``rdoq_per_level`` (default: the codec's λ) rounds plainly (λ 0) where the model rounds them
+        with RDO by default and its decoder has input offsets, which were fitted for that rounding: their containers
+        mark them, and they decode without the offsets."""
+        per_level = self.rdoq_per_level if rdoq_per_level is None else rdoq_per_level
+        default = rdoq_lambdas(None, self.levels, self.model.fitted_rdoq_lambda)
+        return [level for level in range(1, min(self.levels, PLAIN_MARKABLE_LEVELS) + 1)
+                if per_level[level - 1] <= 0 < default[level - 1] and self.model.has_input_offsets(level)]
+
+    def container_from_symbols(self, image: InputImage, symbols: dict[int, np.ndarray],
+                               plain_levels: Iterable[int] = ()) -> bytes:
+        """Range-code the symbols and pack them with the image's size, mode and alpha plane; the header marks the
+        levels of ``plain_levels`` (:meth:`plain_levels`) it holds as plainly rounded."""
         streams = []
         for level in sorted(symbols):
             sym = symbols[level]
@@ -175,7 +186,8 @@ class Codec:
         alpha = None
         if image.alpha is not None:
             alpha = zlib.compress(np.ascontiguousarray(image.alpha, dtype=np.uint8).tobytes(), 9)
-        return pack(Container(self.model_id, image.width, image.height, image.mode, tuple(streams), alpha))
+        flags = plain_rounding_flags(level for level in plain_levels if level in symbols)
+        return pack(Container(self.model_id, image.width, image.height, image.mode, tuple(streams), alpha, flags))
 
     def compress(self, image: bytes | Image.Image | InputImage, levels: str | int | Iterable[int] | None = None,
                  refine_steps: int | None = None) -> bytes:
@@ -183,7 +195,7 @@ class Codec:
         refinement per level (slower, smaller at the same quality; 0: none; default: the codec's)."""
         wanted = parse_levels(levels, self.levels)
         loaded = self.load_image(image)
-        return self.container_from_symbols(loaded, self.symbols(loaded, wanted, refine_steps))
+        return self.container_from_symbols(loaded, self.symbols(loaded, wanted, refine_steps), self.plain_levels())
 
     # -- decompression ----------------------------------------------------------------------------------
     def parse(self, data: bytes) -> Container:
@@ -210,13 +222,24 @@ class Codec:
         symbols = self.model.coders[stream.level - 1].decode(stream.payload, stream.height, stream.width)
         return stream.level, symbols
 
-    def dequantize(self, level: int, symbols: np.ndarray) -> np.ndarray:
-        """Symbols (C, h, w) → the decoder's input ŷ = symbol + median, float32."""
-        return symbols.astype(np.float32) + self.model.tables[level - 1].medians[:, None, None]
+    def dequantize(self, level: int, symbols: np.ndarray, plain: bool = False) -> np.ndarray:
+        """Symbols (C, h, w) → the decoder's input ŷ = symbol + median, float32. ``plain`` (symbols rounded plainly,
+        λ 0) takes the level's input offsets off first, ŷ − sign(q)·δ[c, min(|q|, K − 1)] (δ[c, 0] where q = 0):
+        every |δ| < ½, so the decoder graph rounds ŷ back to the same q, adds the offsets back and decodes the
+        integers themselves, as it was trained to."""
+        latent = symbols.astype(np.float32) + self.model.tables[level - 1].medians[:, None, None]
+        if not plain or not self.model.has_input_offsets(level):
+            return latent
+        offsets = self.model.input_offsets[level - 1]
+        magnitude = np.minimum(np.abs(symbols), offsets.shape[1] - 1)
+        shift = np.take_along_axis(offsets, magnitude.reshape(symbols.shape[0], -1), axis=1).reshape(symbols.shape)
+        return latent - np.where(symbols < 0, -shift, shift)
 
-    def reconstruct(self, level: int, symbols: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Symbols → decoder → cropped uint8 RGB (height, width, 3)."""
-        return to_uint8(self.model.decode_latent(level, self.dequantize(level, symbols)[None])[0], height, width)
+    def reconstruct(self, level: int, symbols: np.ndarray, height: int, width: int, plain: bool = False
+                    ) -> np.ndarray:
+        """Symbols → decoder → cropped uint8 RGB (height, width, 3); ``plain`` as in :meth:`dequantize`."""
+        latent = self.dequantize(level, symbols, plain)
+        return to_uint8(self.model.decode_latent(level, latent[None])[0], height, width)
 
     def alpha_plane(self, container: Container) -> np.ndarray | None:
         if container.alpha is None:
@@ -236,7 +259,8 @@ class Codec:
             level = parse_levels(level, self.levels)[0] if not isinstance(level, int) else level
         decoded_level, symbols = self.decode_symbols(container, level)
         alpha = self.alpha_plane(container)
-        rgb = self.reconstruct(decoded_level, symbols, container.height, container.width)
+        rgb = self.reconstruct(decoded_level, symbols, container.height, container.width,
+                               container.plainly_rounded(decoded_level))
         return to_pil(rgb, alpha, container.mode)
 
     def extract(self, data: bytes, level: int | None = None) -> bytes:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,7 @@ class LoadedModel:
     providers: list[str]
     tiling: Tiling = Tiling()
     session_options: ort.SessionOptions | None = None
+    input_offsets: list[np.ndarray] | None = None  # per level (C, K): the decoder graphs' input offsets
     _gradients: dict[int, ort.InferenceSession] = field(default_factory=dict, repr=False)
     _gradients_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -141,6 +143,10 @@ class LoadedModel:
         if not isinstance(fitted, dict) or fitted.get("rdoq_lambda") is None:
             return None
         return tuple(float(v) for v in fitted["rdoq_lambda"])
+
+    def has_input_offsets(self, level: int) -> bool:
+        """Whether ``level``'s decoder adds non-zero input offsets to the symbols it reads."""
+        return self.input_offsets is not None and bool(np.any(self.input_offsets[level - 1]))
 
     @property
     def refinement(self) -> dict | None:
@@ -265,6 +271,7 @@ def load_model(
         raise ModelLoadError(f"{directory}: the model id does not match the file hashes")
     _check_refinement(directory, manifest, verify_hashes)
     _check_fitted_rdoq(directory, manifest)
+    input_offsets = _load_input_offsets(directory, manifest)
 
     chosen = resolve_providers(providers)
     options = ort.SessionOptions()
@@ -286,7 +293,35 @@ def load_model(
     if tile_size < multiple or tile_size % multiple:
         raise ModelLoadError(f"tile size must be a positive multiple of {multiple}, got {tile_size}")
     tiling = Tiling(core=tile_size, margin=-(-Tiling.margin // multiple) * multiple)
-    return LoadedModel(directory, manifest, encoder, decoders, tables, coders, encoder.get_providers(), tiling, options)
+    return LoadedModel(directory, manifest, encoder, decoders, tables, coders, encoder.get_providers(), tiling, options,
+                       input_offsets)
+
+
+def _load_input_offsets(directory: Path, manifest: dict) -> list[np.ndarray] | None:
+    """The optional ``input_offsets`` file (artifacts.md): per level a finite (C, K) float32 array whose values are
+    all below ½ in magnitude, so that a decoder input moved by them still rounds to the same symbols."""
+    name = manifest.get("input_offsets")
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in manifest.get("files", {}):
+        raise ModelLoadError(f"{directory}: the manifest's input_offsets must name a file listed (hashed) in files")
+    try:
+        archive = np.load(directory / name, allow_pickle=False)
+        arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ModelLoadError(f"cannot read input offsets {directory / name}: {error}") from error
+    channels = [int(c) for c in manifest["latent_channels"]]
+    if sorted(arrays) != sorted(f"level{level}" for level in range(1, len(channels) + 1)):
+        raise ModelLoadError(f"{directory / name}: expected arrays level1 … level{len(channels)}, got {sorted(arrays)}")
+    offsets = []
+    for level, count in enumerate(channels, start=1):
+        array = arrays[f"level{level}"]
+        if (array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != count or array.shape[1] < 1
+                or not np.all(np.isfinite(array)) or np.abs(array).max() >= 0.5):
+            raise ModelLoadError(f"{directory / name}: level {level}'s offsets must be finite float32 ({count}, K) "
+                                 "with every value below ½ in magnitude")
+        offsets.append(array)
+    return offsets
 
 
 def _check_fitted_rdoq(directory: Path, manifest: dict) -> None:

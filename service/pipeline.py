@@ -176,6 +176,7 @@ class CodecService:
         if target_psnr is not None and not 0 < target_psnr < 200:
             raise InvalidParameter("target_psnr must be in (0, 200) dB")
         levels = parse_levels(level, self.codec.levels)
+        plain = self.codec.plain_levels(per_level)
 
         with _Timer(self.metrics, "decode_input"):
             image = await self._on_cpu(self.codec.load_image, body)
@@ -192,19 +193,20 @@ class CodecService:
                 return await self._on_cpu(self.codec.quantize, lv, latent, per_level[lv - 1])
 
         if target_bpp is not None:
-            result = await self._fit_bpp(image, level_symbols, target_bpp)
+            result = await self._fit_bpp(image, level_symbols, target_bpp, plain)
         elif target_psnr is not None:
-            result = await self._fit_psnr(image, level_symbols, target_psnr, deadline)
+            result = await self._fit_psnr(image, level_symbols, target_psnr, deadline, plain)
         else:
             symbols = {lv: await level_symbols(lv) for lv in levels}
             with _Timer(self.metrics, "range_coding"):
-                data = await self._on_cpu(self.codec.container_from_symbols, image, symbols)
+                data = await self._on_cpu(self.codec.container_from_symbols, image, symbols, plain)
             result = CompressResult(data, levels, image.width, image.height)
         if len(result.levels) == 1:
             self.metrics.bpp.labels(str(result.levels[0])).observe(result.bpp)
         return result
 
-    async def _fit_bpp(self, image: InputImage, level_symbols: LevelSymbols, target: float) -> CompressResult:
+    async def _fit_bpp(self, image: InputImage, level_symbols: LevelSymbols, target: float, plain: list[int]
+                       ) -> CompressResult:
         """The finest level whose container fits ``target`` bpp, trying the finest first: levels below the one
         chosen are never computed (with refinement, that saves seconds per level)."""
         pixels = image.width * image.height
@@ -212,7 +214,7 @@ class CodecService:
         for lv in range(self.codec.levels, 0, -1):
             symbols = await level_symbols(lv)
             with _Timer(self.metrics, "range_coding"):
-                data = await self._on_cpu(self.codec.container_from_symbols, image, {lv: symbols})
+                data = await self._on_cpu(self.codec.container_from_symbols, image, {lv: symbols}, plain)
             bpp = len(data) * 8 / pixels
             if bpp <= target:
                 return CompressResult(data, [lv], image.width, image.height)
@@ -220,24 +222,25 @@ class CodecService:
         raise TargetUnreachable(f"no level fits {target:g} bpp; the smallest (level 1) takes {smallest:.4f} bpp")
 
     async def _fit_psnr(
-        self, image: InputImage, level_symbols: LevelSymbols, target: float, deadline: float
+        self, image: InputImage, level_symbols: LevelSymbols, target: float, deadline: float, plain: list[int]
     ) -> CompressResult:
         """The coarsest level whose decoded pixels reach ``target`` dB, trying the coarsest first: levels above
         the one chosen are never computed."""
         best = float("-inf")
         for lv in range(1, self.codec.levels + 1):
             symbols = await level_symbols(lv)
-            decoded = await self._decode_pixels(lv, symbols, image.height, image.width, deadline)
+            decoded = await self._decode_pixels(lv, symbols, image.height, image.width, deadline, lv in plain)
             quality = _psnr(decoded, image.rgb)
             best = max(best, quality)
             if quality >= target:
                 with _Timer(self.metrics, "range_coding"):
-                    data = await self._on_cpu(self.codec.container_from_symbols, image, {lv: symbols})
+                    data = await self._on_cpu(self.codec.container_from_symbols, image, {lv: symbols}, plain)
                 return CompressResult(data, [lv], image.width, image.height, quality)
         raise TargetUnreachable(f"no level reaches {target:g} dB on this image; the finest gives {best:.2f} dB")
 
-    async def _decode_pixels(self, level: int, symbols: np.ndarray, height: int, width: int, deadline: float):
-        latent = await self._on_cpu(self.codec.dequantize, level, symbols)
+    async def _decode_pixels(self, level: int, symbols: np.ndarray, height: int, width: int, deadline: float,
+                             plain: bool):
+        latent = await self._on_cpu(self.codec.dequantize, level, symbols, plain)
         x_hat = await self._model(("decoder", level, latent.shape[1], latent.shape[2]), latent, deadline)
         return await self._on_cpu(to_uint8, x_hat, height, width)
 
@@ -257,7 +260,8 @@ class CodecService:
             container, decoded_level, symbols, alpha = await self._on_cpu(parse_and_decode)
         if key in ("jpeg", "jpg") and container.mode in ("RGBA", "LA"):
             raise InvalidParameter("JPEG cannot hold the image's alpha channel; ask for png or webp")
-        rgb = await self._decode_pixels(decoded_level, symbols, container.height, container.width, deadline)
+        rgb = await self._decode_pixels(decoded_level, symbols, container.height, container.width, deadline,
+                                        container.plainly_rounded(decoded_level))
         with _Timer(self.metrics, "encode_output"):
             data = await self._on_cpu(
                 lambda: encode_image(to_pil(rgb, alpha, container.mode), key, png_level=self.settings.png_level)

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from service.bitstream import MAGIC, Container, LevelStream, extract_level, pack, unpack
+from service.bitstream import MAGIC, Container, LevelStream, extract_level, pack, plain_rounding_flags, unpack
 from service.errors import (
     BadMagic,
     BitstreamError,
@@ -24,12 +24,13 @@ from service.errors import (
 MODEL_ID = "00112233445566778899aabbccddeeff"
 
 
-def _container(alpha: bool = False) -> Container:
+def _container(alpha: bool = False, flags: int = 0) -> Container:
     levels = (
         LevelStream(1, 8, 2, 3, bytes(range(16))),
         LevelStream(3, 4, 8, 12, b"\xaa" * 40),
     )
-    return Container(MODEL_ID, 100, 70, "RGBA" if alpha else "RGB", levels, zlib.compress(b"\x80" * 7000) if alpha else None)
+    alpha_plane = zlib.compress(b"\x80" * 7000) if alpha else None
+    return Container(MODEL_ID, 100, 70, "RGBA" if alpha else "RGB", levels, alpha_plane, flags)
 
 
 @pytest.mark.parametrize("alpha", [False, True])
@@ -57,6 +58,31 @@ def test_extract_keeps_one_level_and_the_alpha_plane():
     assert unpack(extract_level(data)).level_numbers == [3]
     with pytest.raises(LevelNotInStream):
         extract_level(data, 2)
+
+
+def test_plain_rounding_flags_mark_levels_and_survive_extraction():
+    flags = plain_rounding_flags([3])
+    assert flags == 0b100
+    data = pack(_container(flags=flags))
+    assert data[5] == 0b100
+    parsed = unpack(data)
+    assert parsed == _container(flags=flags)
+    assert parsed.plainly_rounded(3) and not parsed.plainly_rounded(1)
+    assert [entry["plainly_rounded"] for entry in parsed.header_dict()["levels"]] == [False, True]
+    assert unpack(extract_level(data, 3)).flags == 0b100
+    assert unpack(extract_level(data, 1)).flags == 0
+    with pytest.raises(ValueError):
+        plain_rounding_flags([9])
+    with pytest.raises(ValueError):
+        pack(_container(flags=plain_rounding_flags([2])))  # level 2 is not in the container
+
+
+@pytest.mark.parametrize("flags", [0b10, 0b1000_0000])
+def test_flags_marking_a_level_not_in_the_container_are_corrupt(flags):
+    body = bytearray(pack(_container())[:-4])
+    body[5] = flags
+    with pytest.raises(CorruptStream):
+        unpack(bytes(body) + struct.pack("<I", zlib.crc32(bytes(body))))
 
 
 def test_typed_errors_for_each_defect():

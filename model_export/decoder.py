@@ -28,12 +28,15 @@ from .attention import SelfAttention
 from .gdn import IGDN
 
 __all__ = [
-    "SharedDecoder", "DecoderPath", "InputOffsets", "OFFSET_CLASSES", "ResidualBlock", "SubPixelUpsample",
+    "SharedDecoder", "DecoderPath", "InputOffsets", "OFFSET_CLASSES", "MAX_INPUT_OFFSET", "ResidualBlock", "SubPixelUpsample",
     "use_subpixel_upsampling",
 ]
 
 # |q| = 0, 1, 2, 3 and 4 or more each get their own offset per channel
 OFFSET_CLASSES = 5
+# the largest |δ| a fit may give: below ½, so that ŷ − δ still rounds to the symbol of ŷ, which is how the runtime
+# decodes a plainly rounded level without the offsets (service.codec.Codec.dequantize)
+MAX_INPUT_OFFSET = 0.49
 
 
 def _upsample(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:

@@ -8,8 +8,9 @@ as the service codes them. Per level (by default those the runtime rounds with R
 decoder was trained on, and the offsets stay 0 there), Adam fits the offsets δ (C, K) for the MSE of the decoded
 image (the whole image, cropped to its size) over every ``--every``-th training image for ``--epochs`` epochs; no
 other weight changes. The output checkpoint has ``model.decoder_input_offsets: true`` and the val PSNR per level
-before and after in its summary (``input_offsets``); export it as usual. Refitting a checkpoint that has offsets starts
-again from zero.
+before and after in its summary (``input_offsets``); export it as usual. Every |δ| stays at most
+``decoder.MAX_INPUT_OFFSET`` (below ½: the runtime cancels the offsets of a plainly rounded level by feeding ŷ − δ).
+Refitting a checkpoint that has offsets starts again from zero.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from service.codec import Codec, pad_image
 from .checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from .config import ExperimentConfig
 from .data import IMAGE_SUFFIXES
+from .decoder import MAX_INPUT_OFFSET
 from .model import OFFSET_KEYS, SSLIC
 
 __all__ = ["fit_offsets", "with_input_offsets", "LevelImage"]
@@ -79,8 +81,8 @@ def _psnr(model: SSLIC, images: list[LevelImage], level: int, medians: torch.Ten
 
 def fit_offsets(model: SSLIC, train: list[LevelImage], val: list[LevelImage], epochs: int, lr: float,
                 levels: list[int] | None = None, log=print) -> dict:
-    """Fit the ``InputOffsets`` of ``levels`` (default: all) of ``model`` in place; returns the val PSNR per level
-    before and after."""
+    """Fit the ``InputOffsets`` of ``levels`` (default: all) of ``model`` in place, each |δ| at most
+    ``MAX_INPUT_OFFSET`` (projected after every step); returns the val PSNR per level before and after."""
     model.requires_grad_(False)
     model.decoder.to(memory_format=torch.channels_last)
     report = {}
@@ -103,6 +105,8 @@ def fit_offsets(model: SSLIC, train: list[LevelImage], val: list[LevelImage], ep
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                with torch.no_grad():
+                    offsets.offsets.clamp_(-MAX_INPUT_OFFSET, MAX_INPUT_OFFSET)
         offsets.offsets.requires_grad_(False)
         after = _psnr(model, val, level, medians) if val else None
         report[str(level)] = {"val_psnr_before": before, "val_psnr_after": after,

@@ -10,7 +10,7 @@ import torch
 
 from model_export.checkpoint import load_codec_checkpoint, save_codec_checkpoint
 from model_export.config import ExperimentConfig, LossConfig
-from model_export.decoder import InputOffsets
+from model_export.decoder import MAX_INPUT_OFFSET, InputOffsets
 from model_export.export import export_model
 from model_export.fit_offsets import LevelImage, fit_offsets, main, with_input_offsets
 from model_export.model import SSLIC, pad_to_multiple
@@ -102,6 +102,19 @@ def test_fitted_offsets_decode_the_runtime_symbols_with_less_error(tiny_checkpoi
     for level in report.values():  # these images are mostly the fitting images: the error must fall
         assert level["val_psnr_after"] > level["val_psnr_before"]
     assert any(abs(v) > 1e-3 for level in report.values() for v in level["mean_offset_per_class"])
+
+
+def test_the_fit_keeps_every_offset_below_half(tiny_checkpoint, small_image_dir):
+    """A large learning rate would take offsets past ½; the projection keeps them at ``MAX_INPUT_OFFSET``, so the
+    runtime can still cancel them for a plainly rounded level."""
+    checkpoint, model_dir = tiny_checkpoint
+    model, config, _ = load_codec_checkpoint(checkpoint)
+    model, _ = with_input_offsets(model, config)
+    codec = Codec.from_dir(model_dir, threads=1)
+    images = [LevelImage(codec, path) for path in sorted(Path(small_image_dir).glob("*.png"))[:3]]
+    fit_offsets(model, images, [], epochs=2, lr=2.0, levels=[1], log=lambda _: None)
+    fitted = model.decoder.input_offsets[0].offsets.detach()
+    assert fitted.abs().max() == pytest.approx(MAX_INPUT_OFFSET) and MAX_INPUT_OFFSET < 0.5
 
 
 def test_the_command_writes_a_checkpoint_that_exports_its_offsets(tiny_checkpoint, small_image_dir, tmp_path):

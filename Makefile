@@ -33,7 +33,7 @@ reproduce: setup
 	$(PY) -m model_export.reproduce --out runs/reproduce/sslic_default.pt
 
 export: setup
-	$(PY) -m model_export.export checkpoints/sslic_default.pt models/default --fit-tables ../shared/data/train --fit-rdoq 0.3,0.1,0.15,0
+	$(PY) -m model_export.export checkpoints/sslic_default.pt models/default --fit-tables ../shared/data/train --fit-rdoq 0.6,0.15,0.2,0
 
 # the decoder's input offsets for the symbols the exported model codes (after `make export`; export again after it)
 offsets: setup

@@ -185,7 +185,7 @@ def test_operational_endpoints_and_metrics(client, codec):
     assert model["entropy_coding"]["activity"] == "learned"  # tables format 4
     assert model["entropy_coding"]["spatial_buckets"] == [0, 8, 8, 8]  # the checkerboard at levels 2-4
     assert model["entropy_coding"]["signs"] == ["learned"] * 4  # tables format 6
-    assert [entry["rdoq_lambda"] for entry in model["levels"]] == [0.3, 0.1, 0.15, 0.0]  # fitted for, in the manifest
+    assert [entry["rdoq_lambda"] for entry in model["levels"]] == [0.6, 0.15, 0.2, 0.0]  # fitted for, in the manifest
     assert model["refinement"] == {"available": True, "default_steps": 0, "max_steps": 200}
     assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
     container = client.post("/compress?level=2", content=_png()).content
@@ -303,6 +303,7 @@ def test_rdoq_per_request(client):
         response = client.post(f"/compress?level=3&rdoq={rdoq}", content=body)
         assert response.status_code == 200
         assert client.post("/decompress", content=response.content).status_code == 200
+        assert unpack(response.content).plainly_rounded(3) == (rdoq == "0")  # plain where the default is RDO
         sizes[rdoq] = len(response.content)
     assert sizes["1"] < sizes["0"] and sizes["0,0,2,0"] < sizes["0"]
     for bad in ("x", "-1", "nan", "0.1,0.2", "1e9"):

@@ -28,8 +28,8 @@ from .attention import SelfAttention
 from .gdn import IGDN
 
 __all__ = [
-    "SharedDecoder", "DecoderPath", "InputOffsets", "OFFSET_CLASSES", "MAX_INPUT_OFFSET", "ResidualBlock", "SubPixelUpsample",
-    "use_subpixel_upsampling",
+    "SharedDecoder", "DecoderPath", "InputOffsets", "OFFSET_CLASSES", "MAX_INPUT_OFFSET", "ResidualBlock",
+    "SubPixelUpsample", "use_subpixel_upsampling",
 ]
 
 # |q| = 0, 1, 2, 3 and 4 or more each get their own offset per channel

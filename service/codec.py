@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bitstream import PLAIN_MARKABLE_LEVELS, Container, LevelStream, extract_level, pack, plain_rounding_flags, unpack
+from .bitstream import (PLAIN_MARKABLE_LEVELS, Container, LevelStream, extract_level, pack, plain_rounding_flags,
+                        unpack)
 from .entropy_coder import DEFAULT_RDOQ_LAMBDA
 from .errors import CorruptStream, ImageTooLarge, InvalidParameter, UnknownModel
 from .imageio import InputImage, from_pil, read_image, to_pil

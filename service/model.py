@@ -307,6 +307,8 @@ def _load_input_offsets(directory: Path, manifest: dict) -> list[np.ndarray] | N
         raise ModelLoadError(f"{directory}: the manifest's input_offsets must name a file listed (hashed) in files")
     try:
         archive = np.load(directory / name, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
         arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ModelLoadError(f"cannot read input offsets {directory / name}: {error}") from error

@@ -87,7 +87,8 @@ def test_plainly_rounded_levels_are_marked_and_decoded_without_offsets(offset_mo
     assert unpack(default.compress(image, "all")).flags == 0
     data = plain.compress(image, "all")
     container = unpack(data)
-    assert container.flags == 0b011 and [container.plainly_rounded(level) for level in (1, 2, 3)] == [True] * 2 + [False]
+    assert container.flags == 0b011
+    assert [container.plainly_rounded(level) for level in (1, 2, 3)] == [True, True, False]
     loaded = plain.load_image(image)
     for level in (1, 2, 3):
         _, symbols = plain.decode_symbols(container, level)
@@ -114,7 +115,7 @@ def _rewrite_offsets(folder, arrays: dict) -> None:
         np.savez(handle, **arrays)
 
 
-@pytest.mark.parametrize("defect", ["half", "nan", "shape", "dtype", "missing_level"])
+@pytest.mark.parametrize("defect", ["half", "nan", "shape", "dtype", "missing_level", "not_npz"])
 def test_bad_offsets_files_are_refused_on_load(offset_model_dir, tmp_path, defect):
     import shutil
 
@@ -130,9 +131,13 @@ def test_bad_offsets_files_are_refused_on_load(offset_model_dir, tmp_path, defec
         arrays["level1"] = arrays["level1"][:4]
     elif defect == "dtype":
         arrays["level1"] = arrays["level1"].astype(np.float64)
-    else:
+    elif defect == "missing_level":
         del arrays["level3"]
-    _rewrite_offsets(copy, arrays)
+    if defect == "not_npz":
+        with open(copy / INPUT_OFFSETS_FILE, "wb") as handle:
+            np.save(handle, arrays["level1"], allow_pickle=False)
+    else:
+        _rewrite_offsets(copy, arrays)
     with pytest.raises(ModelLoadError):
         load_model(copy, verify_hashes=False)
     with pytest.raises(ModelLoadError, match="sha256"):

@@ -196,9 +196,9 @@ def unpack(data: bytes) -> Container:
     numbers = [entry[0] for entry in entries]
     if numbers != sorted(set(numbers)) or numbers[0] == 0:
         raise CorruptStream(f"level numbers {numbers} are not distinct, positive and increasing")
-    if _unmarked_levels(flags, numbers):
-        raise CorruptStream(f"the header flags {flags:#04x} mark levels {_unmarked_levels(flags, numbers)}, "
-                            f"which the container does not hold")
+    unmarked = _unmarked_levels(flags, numbers)
+    if unmarked:
+        raise CorruptStream(f"the header flags {flags:#04x} mark levels {unmarked}, which the container does not hold")
     expected = offset + sum(entry[4] for entry in entries) + (alpha_length or 0) + _CRC.size
     if len(data) < expected:
         raise TruncatedStream(f"the container is {len(data)} bytes; its header announces {expected}")

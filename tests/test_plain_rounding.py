@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,22 +19,14 @@ from service.codec import Codec
 from service.errors import ModelLoadError
 from service.model import load_model
 from tests.conftest import tiny_model_config
-
-
-def _offset_model() -> SSLIC:
-    torch.manual_seed(0)
-    model = SSLIC(tiny_model_config(decoder_input_offsets=True), load_backbone_weights=False).eval()
-    with torch.no_grad():
-        for offsets, bottleneck in zip(model.decoder.input_offsets, model.entropy):
-            offsets.medians.copy_(bottleneck.medians().reshape(-1))
-            offsets.offsets.uniform_(-0.3, 0.3)
-        model.decoder.input_offsets[2].offsets.zero_()  # the finest level: plain rounding, offsets left at 0
-    return model
+from tests.test_fit_offsets import _offset_model
 
 
 @pytest.fixture(scope="module")
 def offset_model_dir(tmp_path_factory):
     model = _offset_model()
+    with torch.no_grad():
+        model.decoder.input_offsets[2].offsets.zero_()  # the finest level: plain rounding, offsets left at 0
     folder = tmp_path_factory.mktemp("plain") / "model"
     export_model(model, folder, summary={"name": "tiny"}, refinement=False)
     return model, folder
@@ -117,8 +110,6 @@ def _rewrite_offsets(folder, arrays: dict) -> None:
 
 @pytest.mark.parametrize("defect", ["half", "nan", "shape", "dtype", "missing_level", "not_npz"])
 def test_bad_offsets_files_are_refused_on_load(offset_model_dir, tmp_path, defect):
-    import shutil
-
     _, folder = offset_model_dir
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)
@@ -145,8 +136,6 @@ def test_bad_offsets_files_are_refused_on_load(offset_model_dir, tmp_path, defec
 
 
 def test_an_offsets_file_outside_the_hashed_files_is_refused(offset_model_dir, tmp_path):
-    import shutil
-
     _, folder = offset_model_dir
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)

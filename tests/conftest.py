@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from model_export.config import ModelConfig
+from model_export.model import SSLIC
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -29,6 +30,17 @@ def tiny_model_config(**overrides) -> ModelConfig:
     )
     values.update(overrides)
     return ModelConfig(**values)
+
+
+def offset_model(seed: int = 0) -> SSLIC:
+    """A tiny SSLIC whose decoder has input offsets: the entropy models' medians and offsets drawn from ±0.3."""
+    torch.manual_seed(seed)
+    model = SSLIC(tiny_model_config(decoder_input_offsets=True), load_backbone_weights=False).eval()
+    with torch.no_grad():
+        for offsets, bottleneck in zip(model.decoder.input_offsets, model.entropy):
+            offsets.medians.copy_(bottleneck.medians().reshape(-1))
+            offsets.offsets.uniform_(-0.3, 0.3)
+    return model
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from model_export.fit_offsets import LevelImage, fit_offsets, main, with_input_o
 from model_export.model import SSLIC, pad_to_multiple
 from service.codec import Codec
 from service.model import load_model
-from tests.conftest import tiny_model_config
+from tests.conftest import offset_model, tiny_model_config
 
 
 def test_input_offsets_shift_each_symbol_by_its_channel_and_magnitude():
@@ -38,18 +38,8 @@ def _tiny_config() -> ExperimentConfig:
                                                                        gamma=[1.0, 0.9, 0.8]))
 
 
-def _offset_model(seed: int = 0) -> SSLIC:
-    torch.manual_seed(seed)
-    model = SSLIC(tiny_model_config(decoder_input_offsets=True), load_backbone_weights=False).eval()
-    with torch.no_grad():
-        for offsets, bottleneck in zip(model.decoder.input_offsets, model.entropy):
-            offsets.medians.copy_(bottleneck.medians().reshape(-1))
-            offsets.offsets.uniform_(-0.3, 0.3)
-    return model
-
-
 def test_offsets_are_part_of_each_exported_decoder(tmp_path):
-    model = _offset_model()
+    model = offset_model()
     export_model(model, tmp_path, summary={"name": "tiny"}, refinement=False)
     runtime = load_model(tmp_path, intra_op_threads=1)
     torch.manual_seed(1)
@@ -156,7 +146,7 @@ def test_the_refinement_graphs_decode_with_the_offsets(tmp_path):
 
     from model_export.decoder import use_subpixel_upsampling
 
-    model = _offset_model()
+    model = offset_model()
     summary = {"name": "tiny", "config": {"loss": {"alpha": [100.0, 300.0, 900.0], "gamma": [1.0, 0.9, 0.8]}}}
     export_model(model, tmp_path, summary=summary)
     runtime = load_model(tmp_path, intra_op_threads=1)

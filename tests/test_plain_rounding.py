@@ -18,13 +18,12 @@ from service.bitstream import unpack
 from service.codec import Codec
 from service.errors import ModelLoadError
 from service.model import load_model
-from tests.conftest import tiny_model_config
-from tests.test_fit_offsets import _offset_model
+from tests.conftest import offset_model, tiny_model_config
 
 
 @pytest.fixture(scope="module")
 def offset_model_dir(tmp_path_factory):
-    model = _offset_model()
+    model = offset_model()
     with torch.no_grad():
         model.decoder.input_offsets[2].offsets.zero_()  # the finest level: plain rounding, offsets left at 0
     folder = tmp_path_factory.mktemp("plain") / "model"

@@ -52,6 +52,9 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "simclr_both": ({"backbone": "simclr", "attention": "both"}, "SimCLR backbone, attention in both"),
     "simclr_encoder_no_shortcut": ({"backbone": "simclr", "attention": "encoder", "pixel_shortcut": False},
                                    "the reference without the pixel shortcut (the paper's exact encoder)"),
+    "simclr7000_encoder": ({"backbone": "simclr", "attention": "encoder",
+                            "backbone_checkpoint": "checkpoints/simclr_backbone_7000.pt"},
+                           "the reference with a backbone pretrained 10x longer (7000 SimCLR steps, not 700)"),
 }
 REFERENCE = "simclr_encoder"
 
@@ -62,6 +65,9 @@ def variant_config(base: ExperimentConfig, variant: str) -> ExperimentConfig:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     data = copy.deepcopy(base.to_dict())
     data["name"] = f"{base.name}-{variant}"
+    # the loss stays the base's: a variant with another backbone keeps the base backbone's perceptual features
+    if data["loss"].get("perceptual_checkpoint") is None:
+        data["loss"]["perceptual_checkpoint"] = data["model"].get("backbone_checkpoint")
     data["model"].update(VARIANTS[variant][0])
     return ExperimentConfig.from_dict(data)
 

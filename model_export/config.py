@@ -64,6 +64,9 @@ class LossConfig:
     gamma: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.8, 0.7])
     perceptual: str = "backbone"  # backbone | vgg19
     vgg19_weights: str | None = None
+    # the SimCLR checkpoint whose stem gives the "backbone" perceptual features; None: model.backbone_checkpoint
+    # (the ablations pin it, so that a variant with another backbone keeps the same loss)
+    perceptual_checkpoint: str | None = None
 
     def validate(self, levels: int) -> None:
         for name in ("alpha", "beta", "gamma"):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .backbone import ResNet50Group1
 from .data import CropSampler, ImageSet
-from .runtime import ensure_fast_malloc, select_device, set_threads
+from .runtime import ensure_fast_malloc, native_bf16, select_device, set_threads
 
 __all__ = ["SimCLR", "nt_xent", "augment", "train_simclr"]
 
@@ -134,6 +134,11 @@ def train_simclr(args: argparse.Namespace) -> dict:
     data = ImageSet.from_dir(args.data, limit=args.limit_images)
     sampler = CropSampler(data.images, args.source_crop, min_downscale=0.5, seed=args.seed)
     model = SimCLR().to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    autocast_bf16 = args.precision == "bf16" and native_bf16(device)
+    if args.precision == "bf16" and not autocast_bf16:
+        print("--precision bf16 but this device has no bf16 instructions: training in fp32", flush=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-6)
     generator = torch.Generator().manual_seed(args.seed)
     state_path = Path(args.out).with_suffix(".state.pt")
@@ -160,6 +165,7 @@ def train_simclr(args: argparse.Namespace) -> dict:
             "view_size": args.view_size,
             "data_sha256": data.sha256,
             "final_loss": history[-1]["loss"] if history else None,
+            "precision": "bf16" if autocast_bf16 else "fp32",
             "elapsed_s": round(time.monotonic() - start, 1),
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +192,11 @@ def train_simclr(args: argparse.Namespace) -> dict:
         source = sampler.batch(args.batch_size).to(device)
         v1 = augment(source, args.view_size, generator)
         v2 = augment(source, args.view_size, generator)
-        loss = nt_xent(model(v1), model(v2), args.temperature)
+        if args.channels_last:
+            v1, v2 = (v.contiguous(memory_format=torch.channels_last) for v in (v1, v2))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            z1, z2 = model(v1), model(v2)
+        loss = nt_xent(z1.float(), z2.float(), args.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -220,6 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: autocast where the device has bf16 instructions (fp32 otherwise)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
     parser.add_argument("--limit-images", type=int, default=None)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--checkpoint-every", type=int, default=100)

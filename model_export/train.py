@@ -120,8 +120,9 @@ class Trainer:
             if not loss.vgg19_weights:
                 raise SystemExit("loss.perceptual = vgg19 needs loss.vgg19_weights (or --vgg19-weights PATH)")
             return PerceptualLoss(load_vgg19_features(loss.vgg19_weights))
-        if self.config.model.backbone_checkpoint:
-            backbone = load_simclr_backbone(self.config.model.backbone_checkpoint)
+        checkpoint = loss.perceptual_checkpoint or self.config.model.backbone_checkpoint
+        if checkpoint:
+            backbone = load_simclr_backbone(checkpoint)
         else:
             backbone = ResNet50Group1()
         return PerceptualLoss(BackboneFeatures(backbone))

@@ -35,6 +35,17 @@ def test_variants_change_only_backbone_and_attention(small_image_dir):
         variant_config(base, "vgg")
 
 
+def test_a_variant_with_another_backbone_keeps_the_base_perceptual_features(small_image_dir):
+    data = _base(small_image_dir)
+    data["model"]["backbone_checkpoint"] = "checkpoints/simclr_backbone.pt"
+    base = ExperimentConfig.from_dict(data)
+    reference = variant_config(base, REFERENCE)
+    longer = variant_config(base, "simclr7000_encoder")
+    assert reference.model.backbone_checkpoint == "checkpoints/simclr_backbone.pt"
+    assert longer.model.backbone_checkpoint == "checkpoints/simclr_backbone_7000.pt"
+    assert longer.loss.perceptual_checkpoint == reference.loss.perceptual_checkpoint == "checkpoints/simclr_backbone.pt"
+
+
 def test_compare_measures_rate_savings_against_the_reference():
     curve = {"bpp": [0.1, 0.25, 0.5, 1.0], "psnr": [24.0, 27.0, 30.0, 33.0]}
     cheaper = {"bpp": [b * 0.8 for b in curve["bpp"]], "psnr": curve["psnr"]}

@@ -46,3 +46,17 @@ def test_simclr_resumes_where_it_stopped(tmp_path, small_image_dir):
     resumed = train_simclr(parse_args(common + ["--steps", "4", "--resume"]))
     assert resumed["step"] == 4
     assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
+
+
+def test_simclr_in_bf16_channels_last_records_its_precision(tmp_path, small_image_dir):
+    from model_export.runtime import native_bf16
+
+    args = parse_args(["--data", str(small_image_dir), "--out", str(tmp_path / "bb.pt"), "--steps", "2",
+                       "--batch-size", "4", "--source-crop", "64", "--view-size", "32", "--log-every", "1",
+                       "--precision", "bf16", "--channels-last", "--quiet"])
+    result = train_simclr(args)
+    assert result["step"] == 2 and all(h["loss"] > 0 for h in result["history"])
+    meta = torch.load(tmp_path / "bb.pt", weights_only=True)["meta"]
+    assert meta["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    backbone = load_simclr_backbone(tmp_path / "bb.pt")
+    assert all(p.dtype == torch.float32 for p in backbone.parameters())

@@ -212,6 +212,32 @@ def test_a_time_limited_stop_validates_the_final_weights(tmp_path, small_image_d
     assert (tmp_path / "best.pt").is_file()
 
 
+def test_the_perceptual_features_come_from_their_own_checkpoint_when_one_is_named(tmp_path, small_image_dir):
+    from model_export.backbone import ResNet50Group1
+    from model_export.simclr import SimCLR, backbone_checkpoint
+
+    paths = {}
+    for name, seed in (("encoder", 1), ("perceptual", 2)):
+        torch.manual_seed(seed)
+        paths[name] = tmp_path / f"{name}.pt"
+        torch.save(backbone_checkpoint(SimCLR(), {"kind": "sslic-simclr-backbone"}), paths[name])
+    data = _config(small_image_dir).to_dict()
+    data["model"]["backbone_checkpoint"] = str(paths["encoder"])
+    stems = {}
+    for perceptual in (None, str(paths["perceptual"])):
+        data["loss"]["perceptual_checkpoint"] = perceptual
+        trainer = Trainer(ExperimentConfig.from_dict(data), tmp_path / str(bool(perceptual)), torch.device("cpu"),
+                          quiet=True)
+        network = trainer.perceptual.network.backbone
+        assert isinstance(network, ResNet50Group1)
+        stems[perceptual] = network.conv1.weight
+        assert torch.equal(trainer.model.encoder.backbone.conv1.weight,
+                           torch.load(paths["encoder"], weights_only=True)["state_dict"]["conv1.weight"])
+    assert torch.equal(stems[None], torch.load(paths["encoder"], weights_only=True)["state_dict"]["conv1.weight"])
+    assert torch.equal(stems[str(paths["perceptual"])],
+                       torch.load(paths["perceptual"], weights_only=True)["state_dict"]["conv1.weight"])
+
+
 def test_finetuned_backbone_trains_at_its_own_rate_with_frozen_batch_norm(tmp_path, small_image_dir):
     data = _config(small_image_dir, steps=2).to_dict()
     data["model"]["finetune_backbone"] = True

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from model_export.ablation import REFERENCE, VARIANTS, compare, main, variant_config
@@ -44,6 +45,17 @@ def test_a_variant_with_another_backbone_keeps_the_base_perceptual_features(smal
     assert reference.model.backbone_checkpoint == "checkpoints/simclr_backbone.pt"
     assert longer.model.backbone_checkpoint == "checkpoints/simclr_backbone_7000.pt"
     assert longer.loss.perceptual_checkpoint == reference.loss.perceptual_checkpoint == "checkpoints/simclr_backbone.pt"
+
+
+def test_every_backbone_a_variant_names_is_committed_and_loads():
+    from model_export.ablation import REPO
+    from model_export.backbone import load_simclr_backbone
+
+    named = {overrides["backbone_checkpoint"] for overrides, _ in VARIANTS.values() if "backbone_checkpoint" in overrides}
+    assert named
+    for path in named:
+        backbone = load_simclr_backbone(REPO / path)
+        assert backbone(torch.rand(1, 3, 32, 32)).shape == (1, 256, 8, 8)
 
 
 def test_compare_measures_rate_savings_against_the_reference():

@@ -55,6 +55,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "simclr7000_encoder": ({"backbone": "simclr", "attention": "encoder",
                             "backbone_checkpoint": "checkpoints/simclr_backbone_7000.pt"},
                            "the reference with a backbone pretrained 10x longer (7000 SimCLR steps, not 700)"),
+    "random_encoder": ({"backbone": "simclr", "attention": "encoder", "backbone_checkpoint": None},
+                       "the reference with the same ResNet-50 group 1 frozen at its seeded random initialisation"),
 }
 REFERENCE = "simclr_encoder"
 

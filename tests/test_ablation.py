@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from model_export.ablation import REFERENCE, VARIANTS, compare, main, variant_config
-from model_export.config import ExperimentConfig
+from model_export.config import ExperimentConfig, load_config
 
 
 def _base(data_dir, steps=2):
@@ -47,11 +47,30 @@ def test_a_variant_with_another_backbone_keeps_the_base_perceptual_features(smal
     assert longer.loss.perceptual_checkpoint == reference.loss.perceptual_checkpoint == "checkpoints/simclr_backbone.pt"
 
 
+def test_random_backbone_variant_is_frozen_at_the_seeded_initialisation():
+    from model_export.backbone import ResNet50Group1, load_simclr_backbone
+    from model_export.model import SSLIC
+
+    data = load_config("configs/ablation_long.yaml").to_dict()
+    data["model"].update(latent_channels=[8, 8, 8, 8], pyramid_channels=16, decoder_channels=16)
+    config = variant_config(ExperimentConfig.from_dict(data), "random_encoder")
+    assert config.model.backbone_checkpoint is None
+    assert config.loss.perceptual_checkpoint == "checkpoints/simclr_backbone.pt"
+    torch.manual_seed(config.train.seed)
+    model = SSLIC(config.model)
+    torch.manual_seed(config.train.seed)
+    expected = ResNet50Group1()
+    assert not any(p.requires_grad for p in model.encoder.backbone.parameters())
+    assert torch.equal(model.encoder.backbone.conv1.weight, expected.conv1.weight)
+    pretrained = load_simclr_backbone("checkpoints/simclr_backbone.pt")
+    assert not torch.allclose(model.encoder.backbone.conv1.weight, pretrained.conv1.weight)
+
+
 def test_every_backbone_a_variant_names_is_committed_and_loads():
     from model_export.ablation import REPO
     from model_export.backbone import load_simclr_backbone
 
-    named = {overrides["backbone_checkpoint"] for overrides, _ in VARIANTS.values() if "backbone_checkpoint" in overrides}
+    named = {overrides.get("backbone_checkpoint") for overrides, _ in VARIANTS.values()} - {None}
     assert named
     for path in named:
         backbone = load_simclr_backbone(REPO / path)

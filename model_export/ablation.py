@@ -13,6 +13,11 @@ Runs are resumable: a variant whose ``last.pt`` already holds the full step coun
 measurement is kept in ``measured.json`` beside it, keyed by the sha256 of ``last.pt`` and of the datasets, so
 adding a variant measures only that one. Writes ``ablations.json``, ``ablations_rd.png`` and ``ablations.md`` to
 ``--out``.
+
+``--reference-report`` compares the variants with the reference of an earlier report instead of training it
+again (another sample of the same base config, perhaps trained on another machine): the earlier report's base
+config and datasets must be this one's, and its reference entry is copied into the new report, marked with
+``from_report``.
 """
 
 from __future__ import annotations
@@ -166,6 +171,12 @@ def render_markdown(report: dict) -> str:
         "the entropy model (−log₂ likelihoods of the rounded latents), PSNR on 8-bit RGB. BD numbers are against "
         f"`{report['reference']}`; negative BD-rate / positive BD-PSNR = better than the reference.",
         "",
+    ]
+    borrowed = report["variants"][report["reference"]].get("from_report")
+    if borrowed:
+        lines += [f"The reference was not trained in this set: its entry is `{borrowed}`'s (same base config, "
+                  "same datasets).", ""]
+    lines += [
         "| variant | what | s/step | val BD-rate | val BD-PSNR | Kodak BD-rate | Kodak BD-PSNR |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -223,7 +234,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kodak-limit", type=int, default=None, help="measure only the first N Kodak images")
     parser.add_argument("--out", default="docs/results")
     parser.add_argument("--train-only", action="store_true", help="train the variants, measure nothing")
+    parser.add_argument("--reference-report", default=None,
+                        help="an ablations.json of the same base config whose reference to compare with, "
+                             "instead of training the reference in this set")
     return parser.parse_args(argv)
+
+
+def load_reference(path: Path, base: ExperimentConfig) -> tuple[dict, dict]:
+    """The reference entry of an earlier report and the datasets it was measured on, checked to share ``base``."""
+    try:
+        report = json.loads(path.read_text())
+        entry, datasets = report["variants"][report["reference"]], report["datasets"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"--reference-report {path}: not an ablations report with its reference ({error})")
+    if report["reference"] != REFERENCE:
+        raise SystemExit(f"--reference-report {path}: its reference is {report['reference']!r}, not {REFERENCE!r}")
+    if report.get("base_config") != base.to_dict():
+        raise SystemExit(f"--reference-report {path}: trained from another base config than this set's")
+    return {**entry, "from_report": str(path)}, datasets
 
 
 def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict | None:
@@ -233,8 +261,11 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
     base = load_config(args.base)
     set_threads(base.train.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if REFERENCE not in variants:
-        raise SystemExit(f"--variants must include the reference {REFERENCE!r}")
+    if args.reference_report and REFERENCE in variants:
+        raise SystemExit(f"--reference-report replaces training {REFERENCE!r}: leave it out of --variants")
+    if not args.reference_report and REFERENCE not in variants:
+        raise SystemExit(f"--variants must include the reference {REFERENCE!r} (or name --reference-report)")
+    borrowed = load_reference(Path(args.reference_report), base) if args.reference_report else None
     configs = {variant: variant_config(base, variant) for variant in variants}
     runs_dir = Path(args.runs_dir)
     training = {}
@@ -248,7 +279,12 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
         "val": ImageSet.from_dir(base.train.val_dir),
         "kodak": ImageSet.from_dir(args.kodak, limit=args.kodak_limit),
     }
+    measured_on = {name: {"images": len(d.names), "sha256": d.sha256} for name, d in datasets.items()}
     results = {}
+    if borrowed:
+        if borrowed[1] != measured_on:
+            raise SystemExit(f"--reference-report {args.reference_report}: measured on other datasets than this set's")
+        results[REFERENCE] = borrowed[0]
     for variant, config in configs.items():
         rd, cached = measure_run(config, runs_dir / variant, datasets)
         results[variant] = {"description": VARIANTS[variant][1], "model": VARIANTS[variant][0], "rd": rd,
@@ -260,7 +296,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
         "base_config_path": args.base,
         "base_config": base.to_dict(),
         "reference": REFERENCE,
-        "datasets": {name: {"images": len(d.names), "sha256": d.sha256} for name, d in datasets.items()},
+        "datasets": measured_on,
         "variants": results,
         "bd_vs_reference": compare(results),
         "torch": str(torch.__version__),

@@ -131,3 +131,38 @@ def test_ablation_trains_every_variant_on_the_same_budget_and_writes_the_report(
     assert not any(line.startswith("simclr_decoder (measured before)") for line in lines)
     assert repeated["variants"]["simclr_decoder"]["rd"] == report["variants"]["simclr_decoder"]["rd"]
     assert repeated["bd_vs_reference"] == report["bd_vs_reference"]
+
+
+def test_variants_can_be_compared_with_the_reference_of_an_earlier_report(tmp_path, small_image_dir):
+    base_path = tmp_path / "base.yaml"
+    base_path.write_text(yaml.safe_dump(_base(small_image_dir, steps=2)))
+    common = ["--base", str(base_path), "--runs-dir", str(tmp_path / "runs"), "--kodak", str(small_image_dir),
+              "--kodak-limit", "2"]
+    first = main(common + ["--variants", REFERENCE, "--out", str(tmp_path / "first")], log=lambda _: None)
+    earlier = tmp_path / "first" / "ablations.json"
+    later = main(common + ["--variants", "simclr_none", "--reference-report", str(earlier),
+                           "--out", str(tmp_path / "later")], log=lambda _: None)
+    assert list(later["variants"]) == [REFERENCE, "simclr_none"]
+    assert later["variants"][REFERENCE]["rd"] == first["variants"][REFERENCE]["rd"]
+    assert later["variants"][REFERENCE]["from_report"] == str(earlier)
+    assert later["bd_vs_reference"][REFERENCE]["val"]["bd_psnr_db"] == pytest.approx(0.0, abs=1e-9)
+    assert f"`{earlier}`'s" in (tmp_path / "later" / "ablations.md").read_text()
+
+    with pytest.raises(SystemExit, match="leave it out"):
+        main(common + ["--variants", f"{REFERENCE},simclr_none", "--reference-report", str(earlier),
+                       "--out", str(tmp_path / "x")], log=lambda _: None)
+    with pytest.raises(SystemExit, match="must include the reference"):
+        main(common + ["--variants", "simclr_none", "--out", str(tmp_path / "x")], log=lambda _: None)
+    other = _base(small_image_dir, steps=3)
+    other_path = tmp_path / "other.yaml"
+    other_path.write_text(yaml.safe_dump(other))
+    with pytest.raises(SystemExit, match="another base config"):
+        main(["--base", str(other_path), "--runs-dir", str(tmp_path / "runs3"), "--kodak", str(small_image_dir),
+              "--kodak-limit", "2", "--variants", "simclr_none", "--reference-report", str(earlier),
+              "--out", str(tmp_path / "x")], log=lambda _: None)
+    with pytest.raises(SystemExit, match="other datasets"):
+        main(common + ["--kodak-limit", "1", "--variants", "simclr_none", "--reference-report", str(earlier),
+                       "--out", str(tmp_path / "x")], log=lambda _: None)
+    with pytest.raises(SystemExit, match="not an ablations report"):
+        main(common + ["--variants", "simclr_none", "--reference-report", str(tmp_path / "missing.json"),
+                       "--out", str(tmp_path / "x")], log=lambda _: None)

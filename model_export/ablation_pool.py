@@ -5,8 +5,9 @@
 One 3000-step run per variant resolves about half a dB (docs/ablations.md, fifth study). Reports of one budget
 (the same base config but for its name and seed, measured on the same datasets; other seeds, other CPUs) give a
 variant several runs. Each run of each variant is compared with each run of the reference (BD-PSNR and BD-rate
-on val and Kodak), and the reference's runs with each other give the yardstick: how far apart two runs of one
-variant land. A run that appears in two reports (a reference borrowed with ``--reference-report``, or one
+on val and Kodak, and the PSNR at the reference run's rate of each level, where BD numbers hide which rates a
+variant wins or loses), and the reference's runs with each other give the yardstick: how far apart two runs of
+one variant land, overall and per level. A run that appears in two reports (a reference borrowed with ``--reference-report``, or one
 reproduced bit for bit on another machine) counts once: runs are keyed by their measured curves. Writes
 ``pooled.json`` and ``pooled.md`` to ``--out``.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .ablation import REFERENCE
-from .bd_rate import bd_psnr, bd_rate
+from .bd_rate import bd_psnr, bd_rate, psnr_at_bpp
 from .config import ExperimentConfig
 
 __all__ = ["budget_of", "collect_runs", "main", "pool", "render_markdown"]
@@ -67,7 +68,8 @@ def collect_runs(reports: dict[str, dict]) -> dict[str, list[dict]]:
 
 
 def _pair(test: dict, anchor: dict) -> dict:
-    """BD-PSNR (dB) and BD-rate (%) of ``test`` against ``anchor`` per dataset; ``None`` where undefined."""
+    """BD-PSNR (dB), BD-rate (%) and the PSNR difference at each of ``anchor``'s levels (``equal_rate_db``: the
+    test curve interpolated in log-bpp at the anchor's rate) per dataset; ``None`` where undefined."""
     entry = {}
     for name in DATASETS:
         curves = (anchor["rd"][name]["bpp"], anchor["rd"][name]["psnr"],
@@ -78,12 +80,25 @@ def _pair(test: dict, anchor: dict) -> dict:
                 values[key] = round(function(*curves), 4)
             except ValueError:
                 values[key] = None
+        values["equal_rate_db"] = [
+            None if (psnr := psnr_at_bpp(curves[2], curves[3], rate)) is None else round(psnr - anchor_psnr, 4)
+            for rate, anchor_psnr in zip(curves[0], curves[1])]
         entry[name] = values
     return entry
 
 
+def _stats(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "mean": round(float(np.mean(values)), 4) if values else None,
+        "min": round(min(values), 4) if values else None,
+        "max": round(max(values), 4) if values else None,
+    }
+
+
 def _summary(pairs: list[dict], absolute: bool = False) -> dict:
-    """Mean, min, max and the count behind (negative BD-PSNR) of the pairs, per dataset and metric.
+    """Mean, min, max and the count behind (negative BD-PSNR) of the pairs, per dataset and metric, and the same
+    of the PSNR at equal rate per level of the reference (``equal_rate_db``, one entry per level).
 
     ``absolute`` summarises the sizes of the differences (for pairs of one variant, whose order is arbitrary).
     """
@@ -93,12 +108,15 @@ def _summary(pairs: list[dict], absolute: bool = False) -> dict:
         for key in ("bd_psnr_db", "bd_rate_percent"):
             values = [p["bd"][name][key] for p in pairs if p["bd"][name][key] is not None]
             values = [abs(value) for value in values] if absolute else values
-            summary[name][key] = {
-                "n": len(values),
-                "mean": round(float(np.mean(values)), 4) if values else None,
-                "min": round(min(values), 4) if values else None,
-                "max": round(max(values), 4) if values else None,
-            }
+            summary[name][key] = _stats(values)
+        levels = max((len(p["bd"][name]["equal_rate_db"]) for p in pairs), default=0)
+        summary[name]["equal_rate_db"] = []
+        for level in range(levels):
+            at_level = [p["bd"][name]["equal_rate_db"][level:level + 1] for p in pairs]
+            values = [value for values in at_level for value in values if value is not None]
+            stats = _stats([abs(value) for value in values] if absolute else values)
+            stats["pairs_behind"] = None if absolute else sum(value < 0 for value in values)
+            summary[name]["equal_rate_db"].append(stats)
         psnrs = [p["bd"][name]["bd_psnr_db"] for p in pairs if p["bd"][name]["bd_psnr_db"] is not None]
         summary[name]["pairs_behind"] = None if absolute else sum(value < 0 for value in psnrs)
     return summary
@@ -151,8 +169,16 @@ def _behind(summary: dict, name: str) -> str:
     return f"{summary[name]['pairs_behind']} of {summary[name]['bd_psnr_db']['n']}"
 
 
+def _level_cell(stats: dict, sign: str) -> str:
+    cell = _range(stats, 2, "", sign)
+    if stats["pairs_behind"] is None or stats["mean"] is None:
+        return cell
+    return f"{cell}, {stats['pairs_behind']} of {stats['n']} behind"
+
+
 def render_markdown(pooled: dict) -> str:
-    """One row per variant: runs, pairs, BD-PSNR mean (range) on val and Kodak, pairs behind, BD-rate mean."""
+    """One row per variant: runs, pairs, BD-PSNR mean (range) on val and Kodak, pairs behind, BD-rate mean; then
+    the PSNR at equal rate per level, one table per dataset."""
     steps = pooled["budget"]["train"]["steps"]
     lines = [
         f"# Ablation runs pooled ({steps} steps per run)",
@@ -176,6 +202,20 @@ def render_markdown(pooled: dict) -> str:
                  _range(summary["val"]["bd_rate_percent"], 1, " %", sign),
                  _range(summary["kodak"]["bd_rate_percent"], 1, " %", sign)]
         lines.append("| " + " | ".join(cells) + " |")
+    for name, title in (("val", "val"), ("kodak", "Kodak")):
+        caption = (f"PSNR at the reference run's rate of each level, {title} (dB; the variant's curve interpolated "
+                   "in log-bpp, n/a where that rate is outside it): mean (min to max), pairs behind; for the reference "
+                   "the sizes of the differences.")
+        lines += ["", caption, ""]
+        levels = len(pooled["reference_pairs"]["summary"][name]["equal_rate_db"]) or max(
+            (len(entry["summary"][name]["equal_rate_db"]) for entry in pooled["variants"].values()), default=0)
+        lines += ["| variant | " + " | ".join(f"level {level + 1}" for level in range(levels)) + " |",
+                  "| --- |" + " --- |" * levels]
+        for label, _, entry, sign in rows:
+            per_level = entry["summary"][name]["equal_rate_db"]
+            cells = [_level_cell(per_level[level], sign) if level < len(per_level) else "n/a"
+                     for level in range(levels)]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Runs:", ""]
     for variant, group in pooled["runs"].items():
         lines.append(f"- `{variant}`: " + ", ".join(f"`{run['report']}` (seed {run['seed']})" for run in group))

@@ -1,5 +1,6 @@
 import copy
 import json
+import math
 
 import pytest
 
@@ -94,3 +95,35 @@ def test_the_pooled_report_is_written_with_a_row_per_variant(tmp_path):
     markdown = (tmp_path / "out" / "pooled.md").read_text()
     assert f"| `{REFERENCE}` vs itself | 2 | 1 | 0.30 dB (0.30 to 0.30) | – |" in markdown
     assert "| `simclr_both` | 1 | 2 | +0.05 dB (-0.10 to +0.20) | 1 of 2 |" in markdown
+
+
+def test_psnr_at_equal_rate_is_pooled_per_level_of_the_reference(tmp_path):
+    reference = _report(0, {REFERENCE: 0.0})
+    doubled = {"bpp": [2 * rate for rate in BPPS], "psnr": list(PSNRS)}
+    reference["variants"]["learned_encoder"] = {"rd": {"val": doubled, "kodak": copy.deepcopy(doubled)}}
+    second = _report(1, {REFERENCE: -0.1, "learned_encoder": 0.2})
+    pooled = pool({"a.json": reference, "b.json": second})
+    (same_sample, *_) = [pair for pair in pooled["variants"]["learned_encoder"]["pairs"] if pair["same_sample"]]
+    # the doubled curve at the reference's 0.25 bpp: between its 0.2 bpp (24 dB) and 0.5 bpp (27 dB) in ln(bpp)
+    at_level_2 = 24.0 + 3.0 * math.log(0.25 / 0.2) / math.log(0.5 / 0.2) - 27.0
+    assert same_sample["bd"]["val"]["equal_rate_db"][0] is None
+    assert same_sample["bd"]["val"]["equal_rate_db"][1] == pytest.approx(at_level_2, abs=1e-3)
+    levels = pooled["variants"]["learned_encoder"]["summary"]["val"]["equal_rate_db"]
+    assert len(levels) == 4
+    # level 1: only the second run (+0.2 dB everywhere) covers the references' 0.1 bpp
+    assert levels[0]["n"] == 2 and levels[0]["pairs_behind"] == 0
+    assert levels[0]["mean"] == pytest.approx(0.25, abs=1e-3)
+    assert levels[1]["n"] == 4 and levels[1]["pairs_behind"] == 2
+    spread = pooled["reference_pairs"]["summary"]["kodak"]["equal_rate_db"]
+    assert [level["mean"] for level in spread] == pytest.approx([0.1] * 4, abs=1e-3)
+    assert all(level["pairs_behind"] is None for level in spread)
+
+    paths = []
+    for name, report in (("a.json", reference), ("b.json", second)):
+        (tmp_path / name).write_text(json.dumps(report))
+        paths.append(str(tmp_path / name))
+    main(paths + ["--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "pooled.md").read_text()
+    assert "PSNR at the reference run's rate of each level, Kodak" in markdown
+    assert "| `simclr_encoder` vs itself | 0.10 (0.10 to 0.10) | 0.10 (0.10 to 0.10) |" in markdown
+    assert "| `learned_encoder` | +0.25 (+0.20 to +0.30), 0 of 2 behind |" in markdown

@@ -7,8 +7,9 @@ One 3000-step run per variant resolves about half a dB (docs/ablations.md, fifth
 variant several runs. Each run of each variant is compared with each run of the reference (BD-PSNR and BD-rate
 on val and Kodak, and the PSNR at the reference run's rate of each level, where BD numbers hide which rates a
 variant wins or loses), and the reference's runs with each other give the yardstick: how far apart two runs of
-one variant land, overall and per level. A run that appears in two reports (a reference borrowed with ``--reference-report``, or one
-reproduced bit for bit on another machine) counts once: runs are keyed by their measured curves. Writes
+one variant land, overall and per level. A run that appears in two reports (a reference borrowed with
+``--reference-report``, or one reproduced bit for bit on another machine) counts once: runs are keyed by their
+measured curves. Writes
 ``pooled.json`` and ``pooled.md`` to ``--out``.
 """
 
@@ -109,11 +110,11 @@ def _summary(pairs: list[dict], absolute: bool = False) -> dict:
             values = [p["bd"][name][key] for p in pairs if p["bd"][name][key] is not None]
             values = [abs(value) for value in values] if absolute else values
             summary[name][key] = _stats(values)
-        levels = max((len(p["bd"][name]["equal_rate_db"]) for p in pairs), default=0)
+        levels = len(pairs[0]["bd"][name]["equal_rate_db"]) if pairs else 0  # one budget: one level count
         summary[name]["equal_rate_db"] = []
         for level in range(levels):
-            at_level = [p["bd"][name]["equal_rate_db"][level:level + 1] for p in pairs]
-            values = [value for values in at_level for value in values if value is not None]
+            values = [p["bd"][name]["equal_rate_db"][level] for p in pairs
+                      if p["bd"][name]["equal_rate_db"][level] is not None]
             stats = _stats([abs(value) for value in values] if absolute else values)
             stats["pairs_behind"] = None if absolute else sum(value < 0 for value in values)
             summary[name]["equal_rate_db"].append(stats)
@@ -207,8 +208,7 @@ def render_markdown(pooled: dict) -> str:
                    "in log-bpp, n/a where that rate is outside it): mean (min to max), pairs behind; for the reference "
                    "the sizes of the differences.")
         lines += ["", caption, ""]
-        levels = len(pooled["reference_pairs"]["summary"][name]["equal_rate_db"]) or max(
-            (len(entry["summary"][name]["equal_rate_db"]) for entry in pooled["variants"].values()), default=0)
+        levels = max(len(entry["summary"][name]["equal_rate_db"]) for _, _, entry, _ in rows)
         lines += ["| variant | " + " | ".join(f"level {level + 1}" for level in range(levels)) + " |",
                   "| --- |" + " --- |" * levels]
         for label, _, entry, sign in rows:

@@ -177,9 +177,37 @@ def _level_cell(stats: dict, sign: str) -> str:
     return f"{cell}, {stats['pairs_behind']} of {stats['n']} behind"
 
 
+def _bd_rows(rows: list[tuple[str, int, dict, str]]) -> list[str]:
+    """One line per row ``(label, runs, {"pairs", "summary"}, sign)``: BD-PSNR and BD-rate on both sets."""
+    lines = [("| variant | runs | pairs | val BD-PSNR | pairs behind, val | Kodak BD-PSNR | pairs behind, Kodak "
+             "| val BD-rate | Kodak BD-rate |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, runs, entry, sign in rows:
+        summary = entry["summary"]
+        cells = [name, str(runs), str(len(entry["pairs"])),
+                 _range(summary["val"]["bd_psnr_db"], 2, " dB", sign), _behind(summary, "val"),
+                 _range(summary["kodak"]["bd_psnr_db"], 2, " dB", sign), _behind(summary, "kodak"),
+                 _range(summary["val"]["bd_rate_percent"], 1, " %", sign),
+                 _range(summary["kodak"]["bd_rate_percent"], 1, " %", sign)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _level_rows(rows: list[tuple[str, int, dict, str]], name: str) -> list[str]:
+    """One line per row: the PSNR at the reference run's rate of each level on dataset ``name``."""
+    levels = max(len(entry["summary"][name]["equal_rate_db"]) for _, _, entry, _ in rows)
+    lines = ["| variant | " + " | ".join(f"level {level + 1}" for level in range(levels)) + " |",
+             "| --- |" + " --- |" * levels]
+    for label, _, entry, sign in rows:
+        per_level = entry["summary"][name]["equal_rate_db"]
+        cells = [_level_cell(per_level[level], sign) if level < len(per_level) else "n/a" for level in range(levels)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(pooled: dict) -> str:
     """One row per variant: runs, pairs, BD-PSNR mean (range) on val and Kodak, pairs behind, BD-rate mean; then
-    the PSNR at equal rate per level, one table per dataset."""
+    the PSNR at equal rate per level, one table per dataset; then the same for the same-sample pairs only."""
     steps = pooled["budget"]["train"]["steps"]
     lines = [
         f"# Ablation runs pooled ({steps} steps per run)",
@@ -189,33 +217,27 @@ def render_markdown(pooled: dict) -> str:
         "each other, as sizes (|BD|): how far apart two runs of one variant land. Reports: "
         + ", ".join(f"`{path}`" for path in pooled["reports"]) + ".",
         "",
-        "| variant | runs | pairs | val BD-PSNR | pairs behind, val | Kodak BD-PSNR | pairs behind, Kodak "
-        "| val BD-rate | Kodak BD-rate |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     rows = [(f"`{REFERENCE}` vs itself", len(pooled["runs"][REFERENCE]), pooled["reference_pairs"], "")]
     rows += [(f"`{variant}`", entry["runs"], entry, "+") for variant, entry in pooled["variants"].items()]
-    for name, runs, entry, sign in rows:
-        summary = entry["summary"]
-        cells = [name, str(runs), str(len(entry["pairs"])),
-                 _range(summary["val"]["bd_psnr_db"], 2, " dB", sign), _behind(summary, "val"),
-                 _range(summary["kodak"]["bd_psnr_db"], 2, " dB", sign), _behind(summary, "kodak"),
-                 _range(summary["val"]["bd_rate_percent"], 1, " %", sign),
-                 _range(summary["kodak"]["bd_rate_percent"], 1, " %", sign)]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _bd_rows(rows)
     for name, title in (("val", "val"), ("kodak", "Kodak")):
         caption = (f"PSNR at the reference run's rate of each level, {title} (dB; the variant's curve interpolated "
                    "in log-bpp, n/a where that rate is outside it): mean (min to max), pairs behind; for the reference "
                    "the sizes of the differences.")
-        lines += ["", caption, ""]
-        levels = max(len(entry["summary"][name]["equal_rate_db"]) for _, _, entry, _ in rows)
-        lines += ["| variant | " + " | ".join(f"level {level + 1}" for level in range(levels)) + " |",
-                  "| --- |" + " --- |" * levels]
-        for label, _, entry, sign in rows:
-            per_level = entry["summary"][name]["equal_rate_db"]
-            cells = [_level_cell(per_level[level], sign) if level < len(per_level) else "n/a"
-                     for level in range(levels)]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", caption, ""] + _level_rows(rows, name)
+    same_sample = []
+    for variant, entry in pooled["variants"].items():
+        pairs = [pair for pair in entry["pairs"] if pair["same_sample"]]
+        if pairs:
+            runs = len({pair["test"] for pair in pairs})
+            same_sample.append((f"`{variant}`", runs, {"pairs": pairs, "summary": entry["summary_same_sample"]}, "+"))
+    if same_sample:
+        lines += ["", ("Same-sample pairs only: each run against the reference of its own report (the same seed, so "
+                  "the same crops in the same order; trained in that report or borrowed from a report of that seed)."), ""]
+        lines += _bd_rows(same_sample)
+        lines += ["", "Same-sample pairs, PSNR at the reference run's rate of each level, val (dB).", ""]
+        lines += _level_rows(same_sample, "val")
     lines += ["", "Runs:", ""]
     for variant, group in pooled["runs"].items():
         lines.append(f"- `{variant}`: " + ", ".join(f"`{run['report']}` (seed {run['seed']})" for run in group))

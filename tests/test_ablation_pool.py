@@ -95,6 +95,10 @@ def test_the_pooled_report_is_written_with_a_row_per_variant(tmp_path):
     markdown = (tmp_path / "out" / "pooled.md").read_text()
     assert f"| `{REFERENCE}` vs itself | 2 | 1 | 0.30 dB (0.30 to 0.30) | – |" in markdown
     assert "| `simclr_both` | 1 | 2 | +0.05 dB (-0.10 to +0.20) | 1 of 2 |" in markdown
+    same_sample = markdown.split("Same-sample pairs only")[1]
+    # against its own report's reference alone: -0.1 dB, not the +0.2 dB against the other seed's
+    assert "| `simclr_both` | 1 | 1 | -0.10 dB (-0.10 to -0.10) | 1 of 1 |" in same_sample
+    assert "| `simclr_both` | -0.10 (-0.10 to -0.10), 1 of 1 behind |" in same_sample
 
 
 def test_psnr_at_equal_rate_is_pooled_per_level_of_the_reference(tmp_path):

@@ -9,8 +9,7 @@ on val and Kodak, and the PSNR at the reference run's rate of each level, where 
 variant wins or loses), and the reference's runs with each other give the yardstick: how far apart two runs of
 one variant land, overall and per level. A run that appears in two reports (a reference borrowed with
 ``--reference-report``, or one reproduced bit for bit on another machine) counts once: runs are keyed by their
-measured curves. Writes
-``pooled.json`` and ``pooled.md`` to ``--out``.
+measured curves. Writes ``pooled.json`` and ``pooled.md`` to ``--out``.
 """
 
 from __future__ import annotations
